@@ -18,3 +18,57 @@ def smollm2_path():
 @pytest.fixture(scope="session")
 def tiny_model_path():
     return tiny_llama_dir()
+
+
+from tests.support.service import postgres_database, redis_database, start_service  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    with redis_database() as url:
+        yield url
+
+
+FAST_JOBS = {"CHATFORGE_JOB_LEASE_SECONDS": "8", "CHATFORGE_RECONCILE_INTERVAL_SECONDS": "2"}
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory, pg_url, redis_url, tiny_model_path, smollm2_path):
+    """Scale-out mode: PostgreSQL + Redis + an API server process + a Celery worker process."""
+    svc = start_service(tmp_path_factory.mktemp("svc"), pg_url, redis_url, workers=1,
+                        models={"tiny-llama": tiny_model_path, "smollm2-135m-instruct": smollm2_path},
+                        **FAST_JOBS)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="session")
+def key_a(service):
+    return service.key("project-a")
+
+
+@pytest.fixture(scope="session")
+def key_b(service):
+    return service.key("project-b")
+
+
+@pytest.fixture
+def client_a(service, key_a):
+    import openai
+
+    return openai.OpenAI(base_url=service.v1, api_key=key_a, max_retries=0, timeout=600)
+
+
+@pytest.fixture
+def client_b(service, key_b):
+    import openai
+
+    return openai.OpenAI(base_url=service.v1, api_key=key_b, max_retries=0, timeout=600)

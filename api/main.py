@@ -1,0 +1,67 @@
+"""create_app(): the FastAPI application, its routers, error handlers and middleware."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from api import errors, metrics
+from api.routes import health, models
+from chatforge.settings import get_settings
+
+log = logging.getLogger("chatforge.api")
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.settings = settings
+        yield
+        pool = getattr(app.state, "engines", None)
+        if pool is not None:
+            pool.shutdown()
+
+    app = FastAPI(title="ChatForge", version="0.1.0", lifespan=lifespan,
+                  description="Fine-tune and serve your own chat models behind an OpenAI-compatible API.")
+    errors.install(app)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        start = time.perf_counter()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        elapsed = time.perf_counter() - start
+        metrics.REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        metrics.LATENCY.labels(request.method, path).observe(elapsed)
+        response.headers["x-request-id"] = request_id
+        log.info("%s %s %s", request.method, request.url.path, response.status_code,
+                 extra={"request_id": request_id, "method": request.method, "path": request.url.path,
+                        "status": response.status_code, "duration_ms": round(elapsed * 1000, 1)})
+        return response
+
+    app.include_router(health.router)
+    app.include_router(models.router)
+    _include_optional(app)
+    return app
+
+
+def _include_optional(app: FastAPI) -> None:
+    """Routers of later capabilities; each module exposes `router`."""
+    import importlib
+
+    for name in ("files", "fine_tuning", "chat", "rewards", "console"):
+        try:
+            mod = importlib.import_module(f"api.routes.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"api.routes.{name}":
+                continue
+            raise
+        app.include_router(mod.router)

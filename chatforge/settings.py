@@ -1,0 +1,67 @@
+"""Settings from the environment (prefix CHATFORGE_); one instance per process via get_settings()."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHATFORGE_", extra="ignore")
+
+    data_dir: Path = Field(Path("./data"), description="Uploads, checkpoints, models, the embedded broker.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL. Default: SQLite file in the data directory."
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker. Default: kombu filesystem transport in the data directory."
+    )
+    api_key: str | None = Field(None, description="If set, accepted as the key of the default project.")
+    max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted upload (413 above).")
+    default_base_model: str = Field("smollm2-135m-instruct", description="Base model used when none is named.")
+    worker_capabilities: str = Field(
+        "auto", description='"auto" (detect CUDA), "cpu" or "cuda": which jobs this worker takes.'
+    )
+    job_lease_seconds: int = Field(60, description="A running job whose worker misses heartbeats this long is requeued.")
+    reconcile_interval_seconds: int = Field(15, description="How often a worker looks for lost or stuck jobs.")
+    max_job_attempts: int = Field(3, description="A job that crashed its worker this many times fails.")
+    serve_dtype: str = Field("bfloat16", description="Default dtype for serving base models (float32 or bfloat16).")
+    serve_max_batch: int = Field(8, description="Most sequences decoded together by the serving engine.")
+    serve_max_queue: int = Field(64, description="Waiting requests before the API answers 429.")
+    adapter_cache_size: int = Field(8, description="Fine-tuned adapters kept loaded per base model (LRU).")
+    log_format: str = Field("json", description='"json" for structured logs, "text" for humans.')
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'chatforge.db').resolve()}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.celery_broker_url.startswith("filesystem://")
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def storage_dir(self) -> Path:
+        return (self.data_dir / "storage").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests and the CLI change the environment)."""
+    get_settings.cache_clear()
