@@ -1,0 +1,412 @@
+"""Training hyperparameters: the single definition, with a docstring per field and checks on construction.
+
+Owns the frozen dataclasses (LoraSettings, QuantSettings, DeepSpeedSettings, SupervisedConfig), their
+dict form (from_dict/to_dict, naming bad params by dotted path) and `resolve_auto`, which turns
+OpenAI-style "auto" values into numbers from the dataset size. It does not look at hardware or files;
+the API builds its request schemas from these classes and the worker passes them to the recipes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from typing import Any, Literal
+
+Auto = Literal["auto"]
+AUTO = "auto"
+Adapter = Literal["lora", "qlora", "full"]
+Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+
+# Learning rate that a multiplier of 1.0 means, per adapter (LoRA needs roughly 10x full fine-tuning's).
+BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
+# Examples per forward pass are chosen so one micro-batch holds about this many tokens.
+MICRO_BATCH_TOKEN_BUDGET = 2048
+MAX_AUTO_MICRO_BATCH = 16
+
+
+class ConfigError(ValueError):
+    """A hyperparameter is invalid. `param` is its dotted name ("lora.r") for a 400 that names it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+        self.message = message
+
+    def under(self, prefix: str) -> ConfigError:
+        return ConfigError(f"{prefix}.{self.param}", self.message)
+
+
+_OR_AUTO = ' or "auto"'
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int(name: str, v: Any, lo: int, hi: int | None = None, auto: bool = False) -> None:
+    if auto and v == AUTO:
+        return
+    if not _is_int(v) or v < lo or (hi is not None and v > hi):
+        rng = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+        raise ConfigError(name, f"must be {rng}{_OR_AUTO if auto else ''}, got {v!r}")
+
+
+def _num(name: str, v: Any, lo: float, hi: float, lo_open: bool = False, auto: bool = False) -> None:
+    if auto and v == AUTO:
+        return
+    ok = _is_num(v) and math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
+    if not ok:
+        bound = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        raise ConfigError(name, f"must be a number in {bound}{_OR_AUTO if auto else ''}, got {v!r}")
+
+
+def _choice(name: str, v: Any, options: tuple) -> None:
+    if v not in options:
+        raise ConfigError(name, f"must be one of {', '.join(map(repr, options))}, got {v!r}")
+
+
+def _bool(name: str, v: Any, auto: bool = False) -> None:
+    if not (isinstance(v, bool) or (auto and v == AUTO)):
+        raise ConfigError(name, f"must be true or false{_OR_AUTO if auto else ''}, got {v!r}")
+
+
+class _DictMixin:
+    """from_dict/to_dict for these dataclasses; nested errors get a dotted param name."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None):
+        d = dict(d or {})
+        known = {f.name: f for f in fields(cls)}
+        for key in d:
+            if key not in known:
+                raise ConfigError(key, f"unknown parameter (known: {', '.join(sorted(known))})")
+        kwargs = {}
+        for name, value in d.items():
+            sub = _NESTED.get((cls.__name__, name))
+            if sub is not None and isinstance(value, dict):
+                try:
+                    value = sub.from_dict(value)
+                except ConfigError as e:
+                    raise e.under(name) from None
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if is_dataclass(v):
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        return out
+
+
+@dataclass(frozen=True)
+class LoraSettings(_DictMixin):
+    """Low-rank adapter shape (used by adapter "lora" and "qlora"; also by the RL recipes)."""
+
+    r: int = 16
+    """Rank of the update matrices: capacity of the adapter (8-64 typical)."""
+    alpha: int = 32
+    """Scaling numerator: the update is multiplied by alpha / r (2*r is a common choice)."""
+    dropout: float = 0.05
+    """Dropout on the adapter input during training (0 disables)."""
+    target_modules: str | tuple[str, ...] = "all-linear"
+    """Which layers get adapters: "all-linear" (every linear except the output head) or module names."""
+
+    def __post_init__(self) -> None:
+        _int("r", self.r, 1, 1024)
+        _int("alpha", self.alpha, 1, 4096)
+        _num("dropout", self.dropout, 0.0, 0.9)
+        tm = self.target_modules
+        if isinstance(tm, list):
+            object.__setattr__(self, "target_modules", tuple(tm))
+            tm = self.target_modules
+        if not (
+            tm == "all-linear" or (isinstance(tm, tuple) and tm and all(isinstance(x, str) and x for x in tm))
+        ):
+            raise ConfigError("target_modules", f'must be "all-linear" or a list of module names, got {tm!r}')
+
+
+@dataclass(frozen=True)
+class QuantSettings(_DictMixin):
+    """How the frozen base weights are quantised for QLoRA (bitsandbytes)."""
+
+    bits: Literal[4, 8] = 4
+    """4 (NF4 with double quantisation) or 8 (LLM.int8). Saves memory, not time."""
+
+    def __post_init__(self) -> None:
+        _choice("bits", self.bits, (4, 8))
+
+
+@dataclass(frozen=True)
+class DeepSpeedSettings(_DictMixin):
+    """DeepSpeed ZeRO for full fine-tuning of models that do not fit one device."""
+
+    stage: Literal[2, 3] = 2
+    """ZeRO stage: 2 shards optimizer state and gradients, 3 also shards the parameters."""
+    offload: bool = False
+    """Keep optimizer state (and with stage 3 the parameters) in CPU memory: slower, much less GPU memory."""
+
+    def __post_init__(self) -> None:
+        _choice("stage", self.stage, (2, 3))
+        _bool("offload", self.offload)
+
+
+@dataclass(frozen=True)
+class SupervisedConfig(_DictMixin):
+    """Supervised fine-tuning (SFT) of a chat model on conversations; OpenAI's hyperparameters plus more."""
+
+    adapter: Adapter = "lora"
+    """What is trained: "lora" (small adapter), "qlora" (adapter over a 4/8-bit base) or "full" (all weights)."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """Adapter shape for "lora" and "qlora"."""
+    quant: QuantSettings = field(default_factory=QuantSettings)
+    """Base-weight quantisation for "qlora"."""
+    deepspeed: DeepSpeedSettings | None = None
+    """DeepSpeed ZeRO settings; None trains without DeepSpeed. Not combinable with "qlora"."""
+
+    n_epochs: int | Auto = AUTO
+    """Passes over the training file. "auto": 3, more for tiny files and fewer for huge ones (OpenAI's rule)."""
+    batch_size: int | Auto = AUTO
+    """Examples per optimizer step over all devices. "auto": about 0.2% of the examples, 1 to 256."""
+    micro_batch_size: int | Auto = AUTO
+    """Examples per forward pass on one device (memory knob). "auto": about 2048 tokens' worth."""
+    gradient_accumulation: int | Auto = AUTO
+    """Forward passes per optimizer step; batch_size = micro_batch_size * gradient_accumulation * devices."""
+    learning_rate: float | None = None
+    """Peak learning rate. None: the adapter's base rate (LoRA 2e-4, full 2e-5) times the multiplier."""
+    learning_rate_multiplier: float | Auto = AUTO
+    """Scales the base learning rate (ignored if learning_rate is set). "auto": grows with sqrt(batch_size)."""
+    lr_scheduler: Scheduler = "linear"
+    """Decay after warmup: "linear" (OpenAI's), "cosine", "constant" or "constant_with_warmup"."""
+    warmup_ratio: float = 0.03
+    """Fraction of all steps spent warming the learning rate up from 0."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm (0 disables)."""
+    max_seq_length: int = 2048
+    """Examples longer than this many tokens are cut at the end (counted and reported)."""
+    packing: bool = True
+    """Put several examples in one row (position ids restart, so none attends to another) to skip padding;
+    False pads each example to the longest of its micro-batch."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: about 35% less memory, about 25% slower."""
+    bf16: bool | Auto = AUTO
+    """Train in bfloat16 autocast. "auto": on where the hardware supports it."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides n_epochs); for smoke tests and budgets."""
+    eval_interval: int | Auto = AUTO
+    """Optimizer steps between validation-loss evaluations (also one at the end). "auto": ~10 per run."""
+    checkpoint_interval: int | Auto = AUTO
+    """Optimizer steps between checkpoints (also one at the end). "auto": each epoch, at most 250 steps apart."""
+    keep_checkpoints: int = 3
+    """Newest complete checkpoints kept on disk; older ones are deleted."""
+    seed: int = 42
+    """Seed for shuffling, dropout and adapter initialisation: same seed + data = same run."""
+
+    def __post_init__(self) -> None:
+        _choice("adapter", self.adapter, ("lora", "qlora", "full"))
+        for name, cls in (("lora", LoraSettings), ("quant", QuantSettings)):
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(name, f"must be {cls.__name__}")
+        if self.deepspeed is not None:
+            if not isinstance(self.deepspeed, DeepSpeedSettings):
+                raise ConfigError("deepspeed", "must be DeepSpeedSettings or null")
+            if self.adapter == "qlora":
+                raise ConfigError(
+                    "deepspeed", "DeepSpeed cannot train a bitsandbytes-quantised (qlora) model"
+                )
+        _int("n_epochs", self.n_epochs, 1, 100, auto=True)
+        _int("batch_size", self.batch_size, 1, 4096, auto=True)
+        _int("micro_batch_size", self.micro_batch_size, 1, 1024, auto=True)
+        _int("gradient_accumulation", self.gradient_accumulation, 1, 4096, auto=True)
+        if self.learning_rate is not None:
+            _num("learning_rate", self.learning_rate, 0.0, 1.0, lo_open=True)
+        _num("learning_rate_multiplier", self.learning_rate_multiplier, 0.0, 100.0, lo_open=True, auto=True)
+        _choice("lr_scheduler", self.lr_scheduler, SCHEDULERS)
+        _num("warmup_ratio", self.warmup_ratio, 0.0, 0.5)
+        _num("weight_decay", self.weight_decay, 0.0, 1.0)
+        _num("max_grad_norm", self.max_grad_norm, 0.0, 1e6)
+        _int("max_seq_length", self.max_seq_length, 16, 1 << 20)
+        _bool("packing", self.packing)
+        _bool("gradient_checkpointing", self.gradient_checkpointing)
+        _bool("bf16", self.bf16, auto=True)
+        if self.max_steps is not None:
+            _int("max_steps", self.max_steps, 1)
+        _int("eval_interval", self.eval_interval, 1, auto=True)
+        _int("checkpoint_interval", self.checkpoint_interval, 1, auto=True)
+        _int("keep_checkpoints", self.keep_checkpoints, 1, 1000)
+        _int("seed", self.seed, 0, 2**32 - 1)
+        self._check_batch_split()
+
+    def _check_batch_split(self) -> None:
+        b, m, g = self.batch_size, self.micro_batch_size, self.gradient_accumulation
+        known = [x for x in (b, m, g) if x != AUTO]
+        if len(known) == 3 and m * g != b and b % (m * g) != 0:
+            raise ConfigError(
+                "gradient_accumulation",
+                f"batch_size {b} must be micro_batch_size {m} x gradient_accumulation {g} x devices",
+            )
+        if b != AUTO and m != AUTO and m > b:
+            raise ConfigError("micro_batch_size", f"must not exceed batch_size ({m} > {b})")
+        if b != AUTO and g != AUTO and b % g != 0:
+            raise ConfigError("gradient_accumulation", f"must divide batch_size {b}, got {g}")
+
+    @property
+    def is_resolved(self) -> bool:
+        return AUTO not in (
+            self.n_epochs,
+            self.batch_size,
+            self.micro_batch_size,
+            self.gradient_accumulation,
+            self.learning_rate_multiplier,
+            self.bf16,
+            self.eval_interval,
+            self.checkpoint_interval,
+        )
+
+    @property
+    def peak_learning_rate(self) -> float:
+        """The learning rate actually used (after resolve_auto)."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        if self.learning_rate_multiplier == AUTO:
+            raise ValueError("call resolve_auto first")
+        return BASE_LEARNING_RATE[self.adapter] * self.learning_rate_multiplier
+
+
+_NESTED = {
+    ("SupervisedConfig", "lora"): LoraSettings,
+    ("SupervisedConfig", "quant"): QuantSettings,
+    ("SupervisedConfig", "deepspeed"): DeepSpeedSettings,
+}
+
+
+# OpenAI's published rule for default epochs (openai-cookbook, "chat finetuning data prep").
+TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES, MAX_DEFAULT_EPOCHS = 3, 100, 25_000, 25
+
+
+def auto_epochs(n_examples: int) -> int:
+    if n_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(MAX_DEFAULT_EPOCHS, max(1, MIN_TARGET_EXAMPLES // n_examples))
+    if n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(1, MAX_TARGET_EXAMPLES // n_examples)
+    return TARGET_EPOCHS
+
+
+def auto_batch_size(n_examples: int) -> int:
+    """About 0.2% of the training examples, capped at 256 (OpenAI's documented default)."""
+    return max(1, min(256, math.ceil(0.002 * n_examples)))
+
+
+def auto_lr_multiplier(batch_size: int) -> float:
+    """Larger batches tolerate larger steps (square-root scaling around batch 8), within [0.5, 2]."""
+    return round(min(2.0, max(0.5, math.sqrt(batch_size / 8))), 4)
+
+
+def _split_batch(
+    batch: int, micro: int | str, accum: int | str, devices: int, mean_len: float
+) -> tuple[int, int]:
+    per_device = batch / devices
+    if per_device != int(per_device):
+        raise ConfigError("batch_size", f"{batch} is not divisible by the {devices} devices")
+    per_device = int(per_device)
+    if micro != AUTO and accum != AUTO:
+        if micro * accum != per_device:
+            raise ConfigError(
+                "gradient_accumulation",
+                f"batch_size {batch} != micro_batch_size {micro} x gradient_accumulation {accum} x {devices} devices",
+            )
+        return micro, accum
+    if accum != AUTO:
+        if per_device % accum:
+            raise ConfigError("gradient_accumulation", f"must divide {per_device} examples per device")
+        return per_device // accum, accum
+    cap = (
+        micro
+        if micro != AUTO
+        else max(1, min(MAX_AUTO_MICRO_BATCH, int(MICRO_BATCH_TOKEN_BUDGET // max(mean_len, 1))))
+    )
+    # Largest micro-batch <= cap that divides the per-device batch, so the batch size stays exact.
+    m = max(d for d in range(1, min(cap, per_device) + 1) if per_device % d == 0)
+    if micro != AUTO and m != micro:
+        raise ConfigError("micro_batch_size", f"must divide {per_device} examples per device, got {micro}")
+    return m, per_device // m
+
+
+def resolve_auto(
+    config: SupervisedConfig, n_examples: int, n_tokens: int, n_devices: int = 1, bf16_supported: bool = False
+) -> SupervisedConfig:
+    """Replace every "auto" with a number chosen from the dataset size (OpenAI-style); returns a new config.
+
+    n_examples/n_tokens describe the training file after rendering; n_devices is the data-parallel width.
+    """
+    if n_examples < 1:
+        raise ConfigError("training_file", "has no usable examples")
+    c = config
+    epochs = auto_epochs(n_examples) if c.n_epochs == AUTO else c.n_epochs
+    batch = auto_batch_size(n_examples) if c.batch_size == AUTO else c.batch_size
+    if c.batch_size == AUTO:
+        batch = max(n_devices, batch - batch % n_devices)
+    micro, accum = _split_batch(
+        batch, c.micro_batch_size, c.gradient_accumulation, n_devices, n_tokens / n_examples
+    )
+    mult = auto_lr_multiplier(batch) if c.learning_rate_multiplier == AUTO else c.learning_rate_multiplier
+    steps_per_epoch = max(1, math.ceil(n_examples / batch))
+    total = c.max_steps or steps_per_epoch * epochs
+    return replace(
+        c,
+        n_epochs=epochs,
+        batch_size=batch,
+        micro_batch_size=micro,
+        gradient_accumulation=accum,
+        learning_rate_multiplier=mult,
+        bf16=bf16_supported if c.bf16 == AUTO else c.bf16,
+        eval_interval=max(1, total // 10) if c.eval_interval == AUTO else c.eval_interval,
+        checkpoint_interval=min(steps_per_epoch, 250)
+        if c.checkpoint_interval == AUTO
+        else c.checkpoint_interval,
+    )
+
+
+def config_field_docs(cls: type = SupervisedConfig) -> dict[str, str]:
+    """Field name -> its docstring, parsed from this module's source (for API schema descriptions)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for prev, node in itertools.pairwise(body):
+        if (
+            isinstance(prev, ast.AnnAssign)
+            and isinstance(prev.target, ast.Name)
+            and isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            docs[prev.target.id] = " ".join(node.value.value.split())
+    return docs
+
+
+def field_defaults(cls: type = SupervisedConfig) -> dict[str, Any]:
+    out = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:  # type: ignore[misc]
+            v = f.default_factory()  # type: ignore[misc]
+            out[f.name] = v.to_dict() if is_dataclass(v) else v
+    return out
