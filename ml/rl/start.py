@@ -1,0 +1,155 @@
+"""Where an RLHF run starts from, and how its trained LoRA is written back relative to the real base.
+
+Owns: telling a full model folder from a LoRA adapter folder (an SFT output), loading either as a plain
+causal LM or a 1-label sequence classifier with the SFT adapter merged in, and exporting a policy
+adapter trained on that merged model as ONE standard PEFT adapter over the original base (the SFT and
+RL adapters are concatenated along the rank: exact, not an approximation). It does not train anything.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ml.models import TORCH_DTYPES, load_causal_lm, load_tokenizer
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """A model to start from: a full folder, or a base folder plus an SFT adapter to merge first."""
+
+    base: Path
+    adapter: Path | None = None
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        # An SFT output carries its tokenizer and chat template next to the adapter; prefer those.
+        if self.adapter is not None and (self.adapter / "tokenizer_config.json").exists():
+            return self.adapter
+        return self.base
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).exists()
+
+
+def resolve_start(path: str | Path, base_model: str | Path | None = None) -> StartPoint:
+    """A StartPoint for `path`: a full model folder, or an adapter folder whose base is read from its
+    adapter_config.json (or given as `base_model` when the folder moved since it was trained)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder not found: {path}")
+    if not is_adapter_dir(path):
+        return StartPoint(base=path)
+    if base_model is None:
+        cfg = json.loads((path / ADAPTER_CONFIG).read_text())
+        base_model = cfg.get("base_model_name_or_path")
+        if not base_model:
+            raise ValueError(f"{path} is a LoRA adapter without base_model_name_or_path; pass base_model")
+    base = Path(base_model)
+    if not base.is_dir():
+        raise FileNotFoundError(f"base model of adapter {path} not found: {base}")
+    return StartPoint(base=base, adapter=path)
+
+
+def load_start_tokenizer(start: StartPoint):
+    return load_tokenizer(start.tokenizer_dir)
+
+
+def load_start_causal_lm(start: StartPoint, dtype: str = "float32"):
+    """The starting causal LM; an SFT adapter is merged into the base weights (a plain module back)."""
+    model = load_causal_lm(start.base, dtype=dtype)
+    if start.adapter is None:
+        return model
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(start.adapter)).merge_and_unload()
+
+
+def load_start_sequence_classifier(start: StartPoint, dtype: str = "float32"):
+    """A 1-label sequence classifier (reward model) whose backbone is the starting model.
+
+    The score head is freshly initialised. For an adapter start the merged causal LM's backbone weights
+    are copied into a classifier built from the same config, so nothing is written to disk.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    torch_dtype = TORCH_DTYPES.get(dtype, torch.float32)
+    if start.adapter is None:
+        from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+        with suppress_seqcls_warning():
+            return AutoModelForSequenceClassification.from_pretrained(
+                str(start.base), num_labels=1, dtype=torch_dtype, trust_remote_code=False, use_safetensors=True
+            )
+    lm = load_start_causal_lm(start, dtype)
+    config = lm.config
+    config.num_labels = 1
+    rm = AutoModelForSequenceClassification.from_config(config, dtype=torch_dtype)
+    missing, unexpected = rm.base_model.load_state_dict(lm.base_model.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "rotary" not in k]:
+        raise RuntimeError(f"backbone mismatch copying {start.adapter}: missing={missing} unexpected={unexpected}")
+    return rm
+
+
+def export_policy_adapter(policy, start: StartPoint, out_dir: str | Path, tokenizer) -> Path:
+    """Save the trained LoRA of `policy` (a PeftModel over the starting model) as a servable adapter.
+
+    From a full model: the adapter as is. From an SFT adapter: the policy adapter was trained on the
+    merged model W + s1*B1*A1, so the exported adapter is the rank concatenation of both (peft's "cat"
+    combination), which reproduces W + s1*B1*A1 + s2*B2*A2 exactly over the original base. Written into
+    a temporary sibling and renamed into place.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        if start.adapter is None:
+            policy.save_pretrained(str(tmp))
+            _set_base(tmp, start.base)
+        else:
+            _save_stacked(policy, start, tmp)
+        tokenizer.save_pretrained(str(tmp))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _set_base(adapter_dir: Path, base: Path) -> None:
+    cfg_path = adapter_dir / ADAPTER_CONFIG
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = str(base)
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+def _save_stacked(policy, start: StartPoint, out: Path) -> None:
+    from peft import PeftModel
+
+    with tempfile.TemporaryDirectory() as rl_dir:
+        policy.save_pretrained(rl_dir)
+        base = load_causal_lm(start.base, dtype="float32")
+        model = PeftModel.from_pretrained(base, str(start.adapter), adapter_name="sft")
+        model.load_adapter(rl_dir, adapter_name="rl")
+        model.add_weighted_adapter(["sft", "rl"], [1.0, 1.0], adapter_name="stacked", combination_type="cat")
+        model.set_adapter("stacked")
+        model.delete_adapter("sft")
+        model.delete_adapter("rl")
+        # save_pretrained writes a non-default adapter into a sub-folder named after it; flatten it.
+        model.save_pretrained(str(out), selected_adapters=["stacked"])
+    sub = out / "stacked"
+    if sub.is_dir():
+        for f in sub.iterdir():
+            f.rename(out / f.name)
+        sub.rmdir()
+    _set_base(out, start.base)
