@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Run the whole test suite (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/venv.sh test
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+exec .venv/bin/python -m pytest -m "not gpu" "$@"

@@ -1,0 +1,122 @@
+"""Architecture rules: ml never imports the service, no import cycles, and the compose file and
+Dockerfile only run real entry points."""
+
+import ast
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("api", "workers", "ml", "chatforge")
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def _module(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _graph() -> dict[str, set[str]]:
+    g = {}
+    for pkg in PACKAGES:
+        for f in (ROOT / pkg).rglob("*.py"):
+            g[_module(f)] = {i for i in _imports(f) if i.split(".")[0] in PACKAGES}
+    return g
+
+
+def test_ml_imports_neither_api_nor_workers_nor_chatforge():
+    for f in (ROOT / "ml").rglob("*.py"):
+        bad = {i for i in _imports(f) if i.split(".")[0] in ("api", "workers", "chatforge")}
+        assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
+
+
+def test_shared_package_does_not_import_fastapi_or_api():
+    for f in (ROOT / "chatforge").rglob("*.py"):
+        if f.name in ("cli.py", "client_cli.py"):  # the CLI starts the API and workers by design
+            continue
+        bad = {i for i in _imports(f) if i.split(".")[0] in ("api", "fastapi")}
+        assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
+
+
+def test_api_never_imports_workers():
+    for f in (ROOT / "api").rglob("*.py"):
+        bad = {i for i in _imports(f) if i.split(".")[0] == "workers"}
+        assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
+
+
+def test_no_import_cycles_between_packages():
+    layers = {"ml": 0, "chatforge": 1, "workers": 2, "api": 2}
+    for mod, deps in _graph().items():
+        top = mod.split(".")[0]
+        for d in deps:
+            dtop = d.split(".")[0]
+            if top == "chatforge" and mod in ("chatforge.cli", "chatforge.client_cli"):
+                continue
+            assert layers[dtop] <= layers[top], f"{mod} (layer {top}) imports {d}"
+
+
+def _entry_points() -> set[str]:
+    import tomllib
+
+    return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+
+
+def _check_chatforge_args(args: list[str]) -> None:
+    from chatforge.cli import build_parser
+
+    try:
+        build_parser().parse_args(args)
+    except SystemExit as e:  # argparse exits on unknown commands
+        raise AssertionError(f"`chatforge {' '.join(args)}` is not a valid command") from e
+
+
+def test_compose_services_run_real_commands():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    for name in ("postgres", "redis", "migrate", "api", "worker-cpu", "worker-gpu"):
+        assert name in services, f"compose has no {name} service"
+    gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["count"] == "all"
+    dockerfile = (ROOT / "docker/Dockerfile").read_text()
+    entry = next(line for line in dockerfile.splitlines() if line.startswith("ENTRYPOINT"))
+    assert ast.literal_eval(entry.split(None, 1)[1]) == ["chatforge"]
+    assert "chatforge" in _entry_points()
+    for name, svc in services.items():
+        if svc.get("image", "").startswith("chatforge") or "build" in svc:
+            assert svc["build"]["dockerfile"] == "docker/Dockerfile"
+            assert (ROOT / svc["build"]["dockerfile"]).exists()
+            _check_chatforge_args(list(svc["command"]))
+        assert "volumes" not in svc or all(":" in v for v in svc["volumes"])
+    for vol in ("chatforge-data",):
+        assert vol in compose["volumes"]
+
+
+def test_dockerfile_commands_and_copies_are_real():
+    lines = (ROOT / "docker/Dockerfile").read_text().splitlines()
+    for line in lines:
+        if line.startswith("COPY"):
+            src = shlex.split(line)[1]
+            assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
+        if line.startswith("CMD"):
+            _check_chatforge_args(ast.literal_eval(line.split(None, 1)[1]))
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "chatforge.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "serve" in out.stdout
