@@ -19,7 +19,7 @@ from chatforge.db.session import session_scope
 from chatforge.queue import enqueue_job
 from chatforge.settings import Settings
 from workers.capabilities import detect, worker_id
-from workers.events import add_event, finish
+from chatforge.jobstate import add_event, finish
 
 log = logging.getLogger("chatforge.reconciler")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select, text
@@ -34,8 +34,13 @@ def ready(session: SessionDep) -> JSONResponse:
 
 
 @router.get("/metrics")
-def prometheus(session: SessionDep) -> Response:
+def prometheus(request: Request, session: SessionDep) -> Response:
     counts = dict(session.execute(select(FineTuningJob.status, func.count()).group_by(FineTuningJob.status)).all())
     for status in ("validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"):
         metrics.JOBS.labels(status).set(counts.get(status, 0))
+    hub = getattr(request.app.state, "engines", None)
+    if hub is not None:
+        for base, st in hub.pool.stats().items():
+            metrics.ENGINE_RUNNING.labels(base).set(st.running)
+            metrics.ENGINE_WAITING.labels(base).set(st.waiting)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

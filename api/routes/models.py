@@ -6,9 +6,9 @@ from fastapi import APIRouter, Request
 from sqlalchemy import or_, select
 
 from api.deps import ProjectDep, SessionDep, StorageDep
-from api.errors import BadRequest, NotFound
-from chatforge.db.models import Model, Project
-from sqlalchemy.orm import Session
+from api.errors import BadRequest
+from api.services.models import visible_model
+from chatforge.db.models import Model
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -25,15 +25,6 @@ def model_object(m: Model) -> dict:
         "job_id": m.job_id,
         "step": m.step,
     }
-
-
-def visible_model(session: Session, project: Project, model_id: str) -> Model:
-    """A model the project may use, or a 404 (other projects' models do not exist for it)."""
-    m = session.get(Model, model_id)
-    if m is None or (m.project_id is not None and m.project_id != project.id):
-        raise NotFound(f"The model '{model_id}' does not exist or you do not have access to it.",
-                       param="model", code="model_not_found")
-    return m
 
 
 @router.get("/models")

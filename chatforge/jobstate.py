@@ -1,4 +1,4 @@
-"""Writing job events and state changes; shared by the worker, the runner child and the reconciler."""
+"""Job state changes and events, written the same way by the API, the worker, the runner and the reconciler."""
 
 from __future__ import annotations
 

@@ -1,0 +1,260 @@
+"""POST /v1/chat/completions and /v1/completions: OpenAI's wire format, streamed as server-sent
+events, served by the continuous-batching engine (ml.serve) through api.services.serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from api import metrics
+from api.deps import ProjectDep, SessionDep
+from api.errors import APIError, BadRequest, RateLimited
+from api.protocol import ChatCompletionRequest, CompletionRequest
+from api.services.models import visible_model
+from api.services.serving import ServingHub, Target
+from chatforge.storage import get_storage
+
+router = APIRouter(prefix="/v1", tags=["chat"])
+
+
+def hub(request: Request) -> ServingHub:
+    app = request.app
+    if getattr(app.state, "engines", None) is None:
+        app.state.engines = ServingHub(app.state.settings, get_storage())
+    return app.state.engines
+
+
+def _serve_error(e: Exception) -> APIError:
+    from ml.serve import EngineBusy
+
+    if isinstance(e, EngineBusy):
+        return RateLimited(f"The server is busy: {e}", code="engine_busy")
+    status = getattr(e, "status", 400)
+    return APIError(str(e), status=status, code=getattr(e, "code", None))
+
+
+async def _submit(request: Request, target: Target, prompt_ids: list[int], body, n: int, logprobs: bool,
+                  top_logprobs: int):
+    from ml.serve import GenerationRequest, ServeError
+
+    engine = await asyncio.to_thread(hub(request).engine_for, target)
+    handles = []
+    try:
+        for i in range(n):
+            req = GenerationRequest(
+                prompt_ids=prompt_ids, adapter=target.adapter, max_tokens=body.limit,
+                temperature=body.temperature, top_p=body.top_p,
+                seed=None if body.seed is None else body.seed + i, stop=body.stop,
+                presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                logprobs=logprobs, top_logprobs=top_logprobs)
+            handles.append(engine.submit(req))
+    except ServeError as e:
+        for h in handles:
+            h.cancel()
+        raise _serve_error(e) from None
+    return engine, handles
+
+
+def _check(body) -> None:
+    bad = body.unsupported()
+    if bad:
+        raise BadRequest(f"{bad[0]}: {bad[1]}", param=bad[0], code="unsupported_parameter")
+
+
+def _logprobs_obj(engine, lps) -> dict | None:
+    if lps is None:
+        return None
+    tok = engine.tokenizer
+
+    def entry(tid: int, lp: float) -> dict:
+        s = tok.decode([tid])
+        return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+
+    return {"content": [{**entry(t.token_id, t.logprob), "top_logprobs": [entry(i, v) for i, v in t.top]}
+                        for t in lps], "refusal": None}
+
+
+async def _merged(handles) -> AsyncIterator[tuple[int, Any]]:
+    """Events of n handles as they come, tagged with their choice index."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i, h):
+        async for ev in h:
+            await queue.put((i, ev))
+        await queue.put((i, None))
+
+    tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(handles)]
+    try:
+        left = len(handles)
+        while left:
+            i, ev = await queue.get()
+            if ev is None:
+                left -= 1
+            else:
+                yield i, ev
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def _finish(reason: str | None) -> str:
+    return reason if reason in ("stop", "length") else "stop"
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request, session: SessionDep,
+                           project: ProjectDep):
+    _check(body)
+    if body.response_format is not None and body.response_format.type != "text":
+        raise BadRequest(f"response_format {body.response_format.type} is not supported by the built-in "
+                         "engine (no constrained decoding); use type \"text\"", param="response_format",
+                         code="unsupported_parameter")
+    row = visible_model(session, project, body.model)
+    target = hub(request).target(row)
+    session.close()  # do not hold a connection while streaming
+    try:
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in body.messages]
+    except ValueError as e:
+        raise BadRequest(str(e), param="messages", code="unsupported_content") from None
+    engine = await asyncio.to_thread(hub(request).engine_for, target)
+    prompt_ids = engine.render_chat(messages)
+    top = body.top_logprobs or 0
+    engine, handles = await _submit(request, target, prompt_ids, body, body.n, body.logprobs, top)
+    cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
+
+    if not body.stream:
+        try:
+            results = await asyncio.gather(*(h.aresult() for h in handles))
+        finally:
+            for h in handles:
+                h.cancel()
+        choices, completion_tokens = [], 0
+        for i, r in enumerate(results):
+            if r.error:
+                raise APIError(f"generation failed: {r.error}", status=500, code="engine_error")
+            completion_tokens += r.usage.completion_tokens if r.usage else len(r.token_ids)
+            choices.append({"index": i, "message": {"role": "assistant", "content": r.text, "refusal": None},
+                            "logprobs": _logprobs_obj(engine, r.logprobs) if body.logprobs else None,
+                            "finish_reason": _finish(r.finish_reason)})
+        metrics.GENERATED.labels(target.engine_id).inc(completion_tokens)
+        usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
+                 "total_tokens": len(prompt_ids) + completion_tokens}
+        return JSONResponse({"id": cid, "object": "chat.completion", "created": created, "model": model,
+                             "choices": choices, "usage": usage, "system_fingerprint": None})
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(choices: list, usage: dict | None = None) -> dict:
+        out = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+               "system_fingerprint": None, "choices": choices}
+        if include_usage:
+            out["usage"] = usage
+        return out
+
+    async def events():
+        completion_tokens = 0
+        try:
+            for i in range(len(handles)):
+                yield _sse(chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                                   "logprobs": None, "finish_reason": None}]))
+            async for i, ev in _merged(handles):
+                if ev.error:
+                    yield _sse({"error": {"message": f"generation failed: {ev.error}", "type": "server_error",
+                                          "param": None, "code": "engine_error"}})
+                    break
+                completion_tokens += len(ev.token_ids)
+                lp = _logprobs_obj(engine, ev.logprobs) if body.logprobs and ev.logprobs else None
+                if ev.text or lp:
+                    yield _sse(chunk([{"index": i, "delta": {"content": ev.text}, "logprobs": lp,
+                                       "finish_reason": None}]))
+                if ev.finish_reason is not None:
+                    yield _sse(chunk([{"index": i, "delta": {}, "logprobs": None,
+                                       "finish_reason": _finish(ev.finish_reason)}]))
+            else:
+                if include_usage:
+                    yield _sse(chunk([], {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
+                                          "total_tokens": len(prompt_ids) + completion_tokens}))
+            yield "data: [DONE]\n\n"
+        finally:  # client gone or finished: free the slots at the next decode step
+            for h in handles:
+                h.cancel()
+            metrics.GENERATED.labels(target.engine_id).inc(completion_tokens)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request, session: SessionDep, project: ProjectDep):
+    _check(body)
+    prompt = body.prompt if isinstance(body.prompt, str) else (body.prompt[0] if len(body.prompt) == 1 else None)
+    if prompt is None:
+        raise BadRequest("prompt must be one string (batched prompts are not supported)", param="prompt")
+    row = visible_model(session, project, body.model)
+    target = hub(request).target(row)
+    session.close()
+    engine = await asyncio.to_thread(hub(request).engine_for, target)
+    prompt_ids = engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if not prompt_ids:
+        raise BadRequest("prompt is empty", param="prompt")
+    top = body.logprobs or 0
+    engine, handles = await _submit(request, target, prompt_ids, body, body.n, body.logprobs is not None, top)
+    cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def legacy_lp(lps):
+        if lps is None:
+            return None
+        tok = engine.tokenizer
+        return {"tokens": [tok.decode([t.token_id]) for t in lps], "token_logprobs": [t.logprob for t in lps],
+                "top_logprobs": [{tok.decode([i]): v for i, v in t.top} for t in lps], "text_offset": []}
+
+    if not body.stream:
+        try:
+            results = await asyncio.gather(*(h.aresult() for h in handles))
+        finally:
+            for h in handles:
+                h.cancel()
+        n_out = sum(len(r.token_ids) for r in results)
+        return {"id": cid, "object": "text_completion", "created": created, "model": body.model,
+                "choices": [{"index": i, "text": r.text, "finish_reason": _finish(r.finish_reason),
+                             "logprobs": legacy_lp(r.logprobs)} for i, r in enumerate(results)],
+                "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": n_out,
+                          "total_tokens": len(prompt_ids) + n_out}}
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    async def events():
+        n_out = 0
+        try:
+            async for i, ev in _merged(handles):
+                if ev.error:
+                    yield _sse({"error": {"message": f"generation failed: {ev.error}", "type": "server_error",
+                                          "param": None, "code": "engine_error"}})
+                    break
+                n_out += len(ev.token_ids)
+                if ev.text or ev.finish_reason:
+                    yield _sse({"id": cid, "object": "text_completion", "created": created, "model": body.model,
+                                "choices": [{"index": i, "text": ev.text, "logprobs": legacy_lp(ev.logprobs),
+                                             "finish_reason": _finish(ev.finish_reason) if ev.finish_reason else None}]})
+            else:
+                if include_usage:
+                    yield _sse({"id": cid, "object": "text_completion", "created": created, "model": body.model,
+                                "choices": [], "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": n_out,
+                                                         "total_tokens": len(prompt_ids) + n_out}})
+            yield "data: [DONE]\n\n"
+        finally:
+            for h in handles:
+                h.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,219 @@
+"""/v1/files: upload (streamed, size-limited, validated and converted), list, retrieve, content,
+preview, delete, and import from a dataset hub. The format work is ml.data's; this is the HTTP side."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
+from api.errors import BadRequest, Conflict, NotFound, TooLarge
+from api.pagination import paginate
+from api.services.tokenizers import tokenizer_for
+from chatforge.db.models import FineTuningJob, Project, StoredFile, new_id
+from chatforge.storage import Storage, TooLarge as StorageTooLarge
+from sqlalchemy.orm import Session
+
+router = APIRouter(prefix="/v1", tags=["files"])
+
+PURPOSES = ("fine-tune",)
+ACTIVE_JOB_STATES = ("validating_files", "queued", "running", "paused")
+
+
+def file_object(f: StoredFile, with_report: bool = True) -> dict:
+    out = {
+        "id": f.id,
+        "object": "file",
+        "bytes": f.bytes,
+        "created_at": int(f.created_at.timestamp()),
+        "filename": f.filename,
+        "purpose": f.purpose,
+        "status": f.status,
+        "status_details": None,
+        "expires_at": None,
+        "format": f.format,
+        "kind": f.kind,
+        "n_examples": f.n_examples,
+    }
+    if with_report:
+        out["report"] = f.report
+    return out
+
+
+def sanitize_filename(name: str | None) -> str:
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = re.sub(r"[\x00-\x1f\x7f]", "", base).strip().lstrip(".")
+    return (base or "upload")[:255]
+
+
+def owned_file(session: Session, project: Project, file_id: str, param: str = "file_id") -> StoredFile:
+    f = session.get(StoredFile, file_id)
+    if f is None or f.project_id != project.id:
+        raise NotFound(f"No such File object: {file_id}", param=param, code="file_not_found")
+    return f
+
+
+def _validate_and_store(session: Session, storage: Storage, project: Project, file_id: str, raw_key: str,
+                        filename: str, purpose: str, forced_format: str | None, nbytes: int,
+                        max_length: int) -> StoredFile:
+    from ml.data import inspect_file
+
+    tokenizer = tokenizer_for(session, storage)
+    canonical_key = f"files/{file_id}/canonical.jsonl"
+    with storage.local_path(raw_key) as raw_path, tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "canonical.jsonl"
+        report = inspect_file(raw_path, forced_format=forced_format, tokenizer=tokenizer,
+                              max_length=max_length, out_path=out)
+        if not report.ok:
+            raise BadRequest(f"{filename}: {report.summary()}", param="file", code="invalid_file")
+        with open(out, "rb") as f:
+            storage.put_stream(canonical_key, f)
+    row = StoredFile(id=file_id, project_id=project.id, filename=filename, purpose=purpose, bytes=nbytes,
+                     status="processed", format=report.format, kind=report.kind,
+                     n_examples=report.n_examples, report=report.to_dict(), storage_key=raw_key,
+                     canonical_key=canonical_key)
+    session.add(row)
+    session.flush()
+    return row
+
+
+@router.post("/files")
+def upload_file(
+    request: Request,
+    session: SessionDep,
+    project: ProjectDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="JSONL, JSON array, gzip of either, CSV or TSV")],
+    purpose: Annotated[str, Form()] = "fine-tune",
+    format: Annotated[str | None, Form(description="force a format instead of detecting it")] = None,
+    max_length: Annotated[int, Form(description="length used for the over-length share")] = 2048,
+) -> dict:
+    if purpose not in PURPOSES:
+        raise BadRequest(f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}", param="purpose")
+    if format is not None:
+        from ml.data import FORMATS
+
+        if format not in FORMATS:
+            raise BadRequest(f"unknown format {format!r}; known: {', '.join(sorted(FORMATS))}", param="format")
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > settings.max_upload_bytes + 1024 * 1024:
+        raise TooLarge(f"upload of {declared} bytes exceeds the limit of {settings.max_upload_bytes} bytes",
+                       param="file", code="file_too_large")
+    file_id = new_id("file-")
+    raw_key = f"files/{file_id}/raw"
+    try:
+        nbytes = storage.put_stream(raw_key, file.file, max_bytes=settings.max_upload_bytes)
+    except StorageTooLarge as e:
+        raise TooLarge(f"file exceeds the upload limit of {e.limit} bytes", param="file",
+                       code="file_too_large") from None
+    try:
+        row = _validate_and_store(session, storage, project, file_id, raw_key, sanitize_filename(file.filename),
+                                  purpose, format, nbytes, max_length)
+    except BaseException:
+        storage.delete(f"files/{file_id}")  # a failed upload leaves nothing behind
+        raise
+    return file_object(row)
+
+
+class ImportRequest(BaseModel):
+    dataset: str = Field(description="Hugging Face dataset id, or a local dataset directory")
+    split: str = "train"
+    purpose: str = "fine-tune"
+    format: str | None = None
+    config: str | None = None
+    max_examples: int | None = Field(None, ge=10)
+
+
+@router.post("/files/import")
+def import_dataset(body: ImportRequest, session: SessionDep, project: ProjectDep, storage: StorageDep) -> dict:
+    from ml.data import HubImportError, export_hub_dataset
+
+    if body.purpose not in PURPOSES:
+        raise BadRequest(f"purpose must be one of {', '.join(PURPOSES)}", param="purpose")
+    file_id = new_id("file-")
+    raw_key = f"files/{file_id}/raw"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "rows.jsonl"
+            try:
+                export_hub_dataset(body.dataset, raw, split=body.split, config=body.config,
+                                   max_rows=body.max_examples)
+            except HubImportError as e:
+                raise BadRequest(str(e), param="dataset", code="dataset_unavailable") from None
+            with open(raw, "rb") as f:
+                nbytes = storage.put_stream(raw_key, f)
+        name = sanitize_filename(body.dataset.replace("/", "__")) + f"-{body.split}.jsonl"
+        row = _validate_and_store(session, storage, project, file_id, raw_key, name, body.purpose,
+                                  body.format, nbytes, 2048)
+    except BaseException:
+        storage.delete(f"files/{file_id}")
+        raise
+    return file_object(row)
+
+
+@router.get("/files")
+def list_files(session: SessionDep, project: ProjectDep, after: str | None = None,
+               limit: Annotated[int, Query()] = 100, order: str = "desc", purpose: str | None = None) -> dict:
+    q = select(StoredFile).where(StoredFile.project_id == project.id)
+    if purpose:
+        q = q.where(StoredFile.purpose == purpose)
+    return paginate(session, q, StoredFile, after, limit, lambda f: file_object(f, with_report=False),
+                    newest_first=order != "asc")
+
+
+@router.get("/files/{file_id}")
+def retrieve_file(file_id: str, session: SessionDep, project: ProjectDep) -> dict:
+    return file_object(owned_file(session, project, file_id))
+
+
+@router.get("/files/{file_id}/content")
+def file_content(file_id: str, session: SessionDep, project: ProjectDep, storage: StorageDep):
+    f = owned_file(session, project, file_id)
+
+    def chunks():
+        with storage.open(f.storage_key) as fh:
+            while chunk := fh.read(1 << 16):
+                yield chunk
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream",
+                             headers={"Content-Disposition": f'attachment; filename="{f.filename}"'})
+
+
+@router.get("/files/{file_id}/preview")
+def file_preview(file_id: str, session: SessionDep, project: ProjectDep, storage: StorageDep,
+                 n: Annotated[int, Query(ge=1, le=50)] = 5, model: str | None = None) -> dict:
+    from ml.data import preview
+
+    f = owned_file(session, project, file_id)
+    if not f.canonical_key:
+        raise BadRequest("this file has no converted examples", param="file_id")
+    tokenizer = tokenizer_for(session, storage, model)
+    if tokenizer is None:
+        raise BadRequest("no tokenizer available to render the preview", param="model")
+    with storage.local_path(f.canonical_key) as path:
+        examples = preview(path, f.kind, tokenizer, n=n)
+    return {"object": "list", "file_id": f.id, "format": f.format, "kind": f.kind, "data": examples}
+
+
+@router.delete("/files/{file_id}")
+def delete_file(file_id: str, session: SessionDep, project: ProjectDep, storage: StorageDep) -> dict:
+    f = owned_file(session, project, file_id)
+    active = session.scalars(select(FineTuningJob).where(
+        FineTuningJob.project_id == project.id, FineTuningJob.status.in_(ACTIVE_JOB_STATES)))
+    users = [j.id for j in active
+             if f.id in (j.training_file, j.validation_file, *(j.extra_files or {}).values())]
+    if users:
+        raise Conflict(f"File {f.id} is still needed by job(s) {', '.join(users)}; cancel them or wait.",
+                       param="file_id", code="file_in_use")
+    session.delete(f)
+    session.flush()
+    storage.delete(f"files/{f.id}")
+    return {"id": f.id, "object": "file", "deleted": True}

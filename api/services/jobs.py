@@ -1,0 +1,141 @@
+"""Creating and steering fine-tuning jobs: validate the request against the ml configs (one definition
+of every hyperparameter), check models and files, write the row, enqueue after commit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.errors import BadRequest, NotFound
+from api.services.models import visible_model
+from chatforge.db.models import FineTuningJob, Project, StoredFile, Worker, utcnow
+from chatforge.jobstate import add_event
+from chatforge.queue import enqueue_after_commit
+from chatforge import jobconfig
+from chatforge.jobconfig import METHOD_KINDS, ONLINE_RL
+from ml.config import ConfigError
+
+OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")
+
+
+def build_config(method_type: str, body: dict[str, Any]):
+    try:
+        return jobconfig.build_config(method_type, body)
+    except ConfigError as e:
+        raise BadRequest(f"{e.param}: {e.message}", param=e.param, code="invalid_hyperparameter") from None
+
+
+def _file(session: Session, project: Project, file_id: str | None, param: str, kind: str) -> StoredFile:
+    f = session.get(StoredFile, file_id) if file_id else None
+    if f is None or f.project_id != project.id:
+        raise NotFound(f"No such File object: {file_id}", param=param, code="file_not_found")
+    if f.status != "processed":
+        raise BadRequest(f"{param} {file_id} is not ready (status {f.status})", param=param)
+    if f.kind != kind:
+        raise BadRequest(f"{param} {file_id} holds {f.kind} data ({f.format}) but this method needs "
+                         f"{kind} data", param=param, code="wrong_file_kind")
+    return f
+
+
+def create_job(session: Session, project: Project, req: dict[str, Any]) -> FineTuningJob:
+    method = dict(req.get("method") or {"type": "supervised"})
+    mtype = method.get("type", "supervised")
+    if mtype not in METHOD_KINDS:
+        raise BadRequest(f"method.type must be one of {', '.join(METHOD_KINDS)}, got {mtype!r}",
+                         param="method.type")
+    body = dict(method.get(mtype) or {})
+    if req.get("hyperparameters"):  # OpenAI's legacy top-level hyperparameters
+        body["hyperparameters"] = {**req["hyperparameters"], **(body.get("hyperparameters") or {})}
+    config = build_config(mtype, body)
+    extras = {k: body[k] for k in jobconfig.NOT_HYPERPARAMETERS if k in body}
+
+    base = visible_model(session, project, req["model"])
+    if base.kind == "checkpoint":
+        raise BadRequest("start from a base or fine-tuned model, not a checkpoint", param="model")
+    if base.kind == "reward_model":
+        raise BadRequest(f"{base.id} is a reward model; it cannot be fine-tuned as a chat model",
+                         param="model")
+    kind = METHOD_KINDS[mtype]
+    train = _file(session, project, req.get("training_file"), "training_file", kind)
+    valid = None
+    if req.get("validation_file"):
+        valid = _file(session, project, req["validation_file"], "validation_file", kind)
+    extra_files: dict[str, Any] = {}
+    if mtype in ONLINE_RL:
+        rm_id = extras.get("reward_model")
+        if not rm_id:
+            raise BadRequest(f"method.{mtype}.reward_model is required: the id of a reward model job's result",
+                             param=f"method.{mtype}.reward_model")
+        rm = visible_model(session, project, rm_id)
+        if rm.kind != "reward_model":
+            raise BadRequest(f"{rm_id} is not a reward model", param=f"method.{mtype}.reward_model")
+        extra_files["reward_model"] = rm.id
+    elif extras.get("reward_model"):
+        raise BadRequest("reward_model is only used by ppo, rloo and grpo", param=f"method.{mtype}.reward_model")
+
+    suffix = req.get("suffix")
+    if suffix is not None and (not isinstance(suffix, str) or len(suffix) > 64 or ":" in suffix):
+        raise BadRequest("suffix must be a string of at most 64 characters without ':'", param="suffix")
+    metadata = req.get("metadata")
+    if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16
+                                 or not all(isinstance(v, str) for v in metadata.values())):
+        raise BadRequest("metadata must be an object of at most 16 string values", param="metadata")
+
+    requires = "cuda" if req.get("device") == "cuda" else "any"
+    if requires == "cuda" and not _cuda_worker_exists(session):
+        raise BadRequest("this job asks for a CUDA device but no live worker has one", param="device",
+                         code="no_capable_worker")
+    echoed = {"type": mtype, mtype: {**{k: v for k, v in body.items() if k != "hyperparameters"},
+                                     "hyperparameters": _openai_hyperparameters(mtype, config, body)}}
+    job = FineTuningJob(
+        project_id=project.id, model=base.id, method=echoed, training_file=train.id,
+        validation_file=valid.id if valid else None, extra_files=extra_files, suffix=suffix,
+        seed=int(req.get("seed") if req.get("seed") is not None else getattr(config, "seed", 42)),
+        user_metadata=metadata, status="validating_files", requires=requires,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, f"Validating training file: {train.id}")
+    if valid is not None:
+        add_event(session, job.id, f"Validating validation file: {valid.id}")
+    # Files were validated and converted at upload; here they are checked to exist and fit the method.
+    add_event(session, job.id, f"Files validated: {train.n_examples} training examples ({train.format})"
+              + (f", {valid.n_examples} validation examples" if valid else ""),
+              data={"training_examples": train.n_examples,
+                    "validation_examples": valid.n_examples if valid else None})
+    job.status = "queued"
+    job.enqueued_at = utcnow()
+    add_event(session, job.id, f"Job queued: {mtype} on {base.id}")
+    enqueue_after_commit(session, job.id, job.requires)
+    return job
+
+
+def _openai_hyperparameters(mtype: str, config, body: dict) -> dict:
+    given = dict(body.get("hyperparameters") or {})
+    out = {}
+    for key in OPENAI_HYPERPARAMETERS:
+        if key in given:
+            out[key] = given[key]
+        elif hasattr(config, key):
+            out[key] = getattr(config, key)
+        elif key != "beta" or mtype == "dpo":
+            out[key] = "auto"
+    if mtype != "dpo":
+        out.pop("beta", None)
+    return out
+
+
+def _cuda_worker_exists(session: Session) -> bool:
+    from datetime import timedelta
+
+    recent = utcnow() - timedelta(minutes=5)
+    return any("cuda" in w.capabilities for w in session.scalars(select(Worker).where(Worker.seen_at > recent)))
+
+
+def owned_job(session: Session, project: Project, job_id: str) -> FineTuningJob:
+    job = session.get(FineTuningJob, job_id)
+    if job is None or job.project_id != project.id:
+        raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found")
+    return job

@@ -1,0 +1,76 @@
+"""From an OpenAI model id to an engine and adapter: base models get their own engine (loaded once per
+API process), fine-tuned adapters and checkpoints ride on their base model's engine, full fine-tuned
+models get an engine of their own. The engines live in ml.serve; this only routes to them."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from api.errors import BadRequest
+from chatforge.basemodels import model_dir
+from chatforge.db.models import Model
+from chatforge.db.session import session_scope
+from chatforge.settings import Settings
+from chatforge.storage import Storage
+
+
+@dataclass(frozen=True)
+class Target:
+    engine_id: str  # which engine (a base model id, or a full fine-tuned model id)
+    adapter: str | None  # adapter name registered with that engine (the model id), or None
+    adapter_dir: Path | None
+
+
+class ServingHub:
+    def __init__(self, settings: Settings, storage: Storage) -> None:
+        from ml.serve import EnginePool
+
+        self.settings, self.storage = settings, storage
+        self.pool = EnginePool(
+            resolve=self._folder,
+            dtype=settings.serve_dtype,
+            max_batch_size=settings.serve_max_batch,
+            max_queue=settings.serve_max_queue,
+            adapter_cache_size=settings.adapter_cache_size,
+        )
+        self._registered: dict[str, str] = {}  # adapter model id -> engine id
+        self._lock = threading.Lock()
+
+    def _folder(self, model_id: str) -> Path:
+        with session_scope() as s:
+            row = s.get(Model, model_id)
+            if row is None:
+                raise KeyError(model_id)
+            return Path(model_dir(self.storage, row))
+
+    def target(self, row: Model) -> Target:
+        if row.kind == "reward_model":
+            raise BadRequest(f"{row.id} is a reward model; score with POST /v1/rewards instead of chatting",
+                             param="model", code="not_a_chat_model")
+        if row.kind == "base" or not row.is_adapter:
+            return Target(row.id, None, None)
+        return Target(row.root, row.id, Path(model_dir(self.storage, row)))
+
+    def engine_for(self, target: Target):
+        """Blocking (loads weights the first time): call from a thread."""
+        engine = self.pool.get(target.engine_id)
+        if target.adapter is not None:
+            with self._lock:
+                if self._registered.get(target.adapter) != target.engine_id:
+                    engine.register_adapter(target.adapter, target.adapter_dir)
+                    self._registered[target.adapter] = target.engine_id
+        return engine
+
+    def forget_model(self, model_id: str) -> None:
+        """A deleted model: unload its adapter, or close its own engine."""
+        with self._lock:
+            engine_id = self._registered.pop(model_id, None)
+        if engine_id is not None and engine_id in self.pool.loaded():
+            self.pool.get(engine_id).unload_adapter(model_id)
+        if model_id in self.pool.loaded():
+            self.pool.remove(model_id)
+
+    def shutdown(self) -> None:
+        self.pool.close()

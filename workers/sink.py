@@ -1,0 +1,104 @@
+"""DBSink: the JobSink (ml.events) a training child writes through. Events, metrics, checkpoints and
+progress go straight into the job tables, so any API replica can show them; control() reads the
+user's cancel/pause request."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from chatforge.db.models import Checkpoint, FineTuningJob, Model, utcnow
+from chatforge.db.session import session_scope
+from chatforge.jobstate import add_event
+from chatforge.storage import Storage
+
+
+class DBSink:
+    def __init__(self, job_id: str, storage: Storage, model_name: str, root: str, parent: str,
+                 project_id: str, is_adapter: bool = True) -> None:
+        self.job_id, self.storage = job_id, storage
+        self.model_name, self.root, self.parent, self.project_id = model_name, root, parent, project_id
+        self.is_adapter = is_adapter
+        self._t0: float | None = None
+        self._step0 = 0
+        self._last_control_check = 0.0
+        self._control = None
+
+    def log(self, message: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        with session_scope() as s:
+            add_event(s, self.job_id, message, level=level, data=_jsonable(data))
+
+    def metrics(self, step: int, values: dict[str, float], total_steps: int | None = None) -> None:
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0, self._step0 = now, step - 1
+        with session_scope() as s:
+            job = s.get(FineTuningJob, self.job_id)
+            job.step = max(job.step or 0, step)
+            if total_steps:
+                job.total_steps = total_steps
+            done = step - self._step0
+            if total_steps and done > 0:
+                per_step = (now - self._t0) / done
+                job.estimated_finish = utcnow() + timedelta(seconds=per_step * max(0, total_steps - step))
+            if "num_tokens" in values:
+                job.trained_tokens = int(values["num_tokens"])
+            data = {"step": step, "total_steps": total_steps, **_jsonable(values)}
+            parts = [f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, (int, float))]
+            add_event(s, self.job_id, f"Step {step}/{total_steps or '?'}: " + ", ".join(parts),
+                      type="metrics", data=data)
+
+    def checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
+        key = f"jobs/{self.job_id}/checkpoints/{Path(path).name}"
+        if not self.storage.exists(key):  # remote stores: upload the folder
+            self.storage.put_dir(key, Path(path))
+        model_id = f"{self.model_name}:ckpt-step-{step}"
+        with session_scope() as s:
+            if s.scalar(select(Checkpoint.id).where(Checkpoint.job_id == self.job_id, Checkpoint.step == step)):
+                return  # a resumed attempt re-reported it
+            s.add(Checkpoint(job_id=self.job_id, step=step, metrics=_jsonable(metrics), model_id=model_id))
+            if s.get(Model, model_id) is None:
+                s.add(Model(id=model_id, project_id=self.project_id, kind="checkpoint", parent=self.model_name,
+                            root=self.root, storage_key=key, is_adapter=self.is_adapter, job_id=self.job_id,
+                            step=step, settings={}))
+            add_event(s, self.job_id, f"Checkpoint saved at step {step}: {model_id}",
+                      data={"step": step, "model": model_id, **_jsonable(metrics)})
+        self._forget_rotated()
+
+    def _forget_rotated(self) -> None:
+        """Checkpoints the trainer rotated away are no longer listed or servable."""
+        with session_scope() as s:
+            for c in s.scalars(select(Checkpoint).where(Checkpoint.job_id == self.job_id)):
+                m = s.get(Model, c.model_id)
+                if m is not None and not self.storage.exists(m.storage_key):
+                    s.delete(m)
+                    s.delete(c)
+
+    def control(self):
+        now = time.monotonic()
+        if now - self._last_control_check >= 0.5:
+            self._last_control_check = now
+            with session_scope() as s:
+                job = s.get(FineTuningJob, self.job_id)
+                self._control = job.requested if job.requested in ("cancel", "pause") else (
+                    "cancel" if job.status not in ("running",) else None)
+        return self._control
+
+
+def _jsonable(d: dict[str, Any] | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, float) and v != v:  # NaN is not JSON
+            v = None
+        elif isinstance(v, Path):
+            v = str(v)
+        elif hasattr(v, "item"):
+            v = v.item()
+        out[k] = v
+    return out
