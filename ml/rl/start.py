@@ -1,15 +1,14 @@
 """Where an RLHF run starts from, and how its trained LoRA is written back relative to the real base.
 
 Owns: telling a full model folder from a LoRA adapter folder (an SFT output), loading either as a plain
-causal LM or a 1-label sequence classifier with the SFT adapter merged in, and exporting a policy
-adapter trained on that merged model as ONE standard PEFT adapter over the original base (the SFT and
-RL adapters are concatenated along the rank: exact, not an approximation). It does not train anything.
+causal LM or a 1-label sequence classifier with the SFT adapter merged in, and writing a policy adapter
+trained on that merged model as ONE standard PEFT adapter over the original base (the SFT and RL
+adapters are concatenated along the rank: exact, not an approximation). It does not train anything.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,31 +98,21 @@ def load_start_sequence_classifier(start: StartPoint, dtype: str = "float32"):
     return rm
 
 
-def export_policy_adapter(policy, start: StartPoint, out_dir: str | Path, tokenizer) -> Path:
-    """Save the trained LoRA of `policy` (a PeftModel over the starting model) as a servable adapter.
+def write_policy_adapter(policy, start: StartPoint, folder: str | Path) -> None:
+    """Write the trained LoRA of `policy` (a PeftModel over the starting model) into `folder`.
 
     From a full model: the adapter as is. From an SFT adapter: the policy adapter was trained on the
-    merged model W + s1*B1*A1, so the exported adapter is the rank concatenation of both (peft's "cat"
-    combination), which reproduces W + s1*B1*A1 + s2*B2*A2 exactly over the original base. Written into
-    a temporary sibling and renamed into place.
+    merged model W + s1*B1*A1, so what is written is the rank concatenation of both adapters (peft's
+    "cat" combination), which reproduces W + s1*B1*A1 + s2*B2*A2 exactly over the original base; its
+    adapter_config names that base. Use with ml.train.trainable.save_trained for an atomic result folder.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        if start.adapter is None:
-            policy.save_pretrained(str(tmp))
-            _set_base(tmp, start.base)
-        else:
-            _save_stacked(policy, start, tmp)
-        tokenizer.save_pretrained(str(tmp))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if start.adapter is None:
+        policy.save_pretrained(str(folder))
+    else:
+        _save_stacked(policy, start, folder)
+    _set_base(folder, start.base)
 
 
 def _set_base(adapter_dir: Path, base: Path) -> None:
@@ -150,6 +139,5 @@ def _save_stacked(policy, start: StartPoint, out: Path) -> None:
     sub = out / "stacked"
     if sub.is_dir():
         for f in sub.iterdir():
-            f.rename(out / f.name)
+            f.replace(out / f.name)
         sub.rmdir()
-    _set_base(out, start.base)
