@@ -1,0 +1,130 @@
+"""The model a training job optimises: a fresh base model with a LoRA adapter, a quantised base with one
+(QLoRA), or all weights (full), and writing the trained result as a standard folder.
+
+Owns the adapter/quantisation choices and the output layout (PEFT adapter or safetensors model, plus the
+tokenizer with its chat template and a chatforge.json). Reusable by the RL recipes (lora_config,
+load_trainable_model, save_trained). It never caches models: every job gets a fresh object (a 4-bit
+model once run in eval mode repacks its weights and trains wrongly afterwards).
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ml.config import LoraSettings, QuantSettings
+from ml.models import load_causal_lm
+from ml.train.checkpoints import publish, write_metadata
+
+
+def lora_config(lora: LoraSettings, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig
+
+    tm = lora.target_modules
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=tm if tm == "all-linear" else list(tm),
+        bias="none",
+        task_type=task_type,
+    )
+
+
+def quiet_bitsandbytes() -> None:
+    """8-bit matmuls warn on every call that inputs are cast; thousands of lines of noise."""
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt: inputs will be cast.*")
+    warnings.filterwarnings("ignore", message=".*inputs will be cast from.*")
+
+
+def load_trainable_model(
+    base_model: str | Path,
+    adapter: str,
+    lora: LoraSettings | None = None,
+    quant: QuantSettings | None = None,
+    gradient_checkpointing: bool = False,
+    bf16: bool = False,
+):
+    """A fresh model ready for a Trainer: PEFT-wrapped for "lora"/"qlora", plain for "full".
+
+    Weights stay float32 (bf16 runs as autocast, so optimizer state keeps full precision); QLoRA
+    computes in bf16 when bf16 is on. The model's config has use_cache off for training.
+    """
+    lora = lora or LoraSettings()
+    if adapter == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        quiet_bitsandbytes()
+        bits = (quant or QuantSettings()).bits
+        model = load_causal_lm(base_model, "bfloat16" if bf16 else "float32", quantization=f"{bits}bit")
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif adapter in ("lora", "full"):
+        model = load_causal_lm(base_model, "float32")
+    else:
+        raise ValueError(f"unknown adapter {adapter!r}")
+    model.config.use_cache = False
+    if adapter == "full":
+        return model
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(lora))
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def save_trained(
+    out_dir: str | Path,
+    tokenizer,
+    metadata: dict[str, Any],
+    write_weights: Callable[[str], None],
+    is_main: bool = True,
+    barrier: Callable[[], None] = lambda: None,
+) -> Path:
+    """Write a trained result atomically: weights, tokenizer + chat template, chatforge.json, then rename.
+
+    write_weights(folder) writes the weights: `model.save_pretrained` (a PEFT model writes only its
+    adapter) or `trainer.save_model`, which every rank must call under DeepSpeed ZeRO-3 to gather the
+    shards. A LoRA folder loads with plain transformers + peft:
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out_dir).
+    """
+    final = Path(out_dir)
+    staging = final.with_name(f".tmp-{final.name}")
+    if is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+    barrier()
+    write_weights(str(staging))
+    if is_main:
+        tokenizer.save_pretrained(str(staging))
+        if getattr(tokenizer, "chat_template", None) and not (staging / "chat_template.jinja").exists():
+            (staging / "chat_template.jinja").write_text(tokenizer.chat_template)
+        (staging / "training_args.bin").unlink(missing_ok=True)
+        write_metadata(staging, metadata)
+        publish(staging, final, {"step": metadata.get("step")})
+    barrier()
+    return final
+
+
+def bf16_supported() -> bool:
+    """True where bfloat16 autocast is fast: CUDA compute capability >= 8, or a CPU with AVX-512 BF16/AMX."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
