@@ -3,6 +3,7 @@ preview, delete, and import from a dataset hub. The format work is ml.data's; th
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -128,13 +129,13 @@ class ImportRequest(BaseModel):
     split: str = "train"
     purpose: str = "fine-tune"
     format: str | None = None
-    config: str | None = None
+    data_dir: str | None = Field(None, description="sub-folder of the dataset repository to load")
     max_examples: int | None = Field(None, ge=10)
 
 
 @router.post("/files/import")
 def import_dataset(body: ImportRequest, session: SessionDep, project: ProjectDep, storage: StorageDep) -> dict:
-    from ml.data import HubImportError, export_hub_dataset
+    from ml.data import DatasetSourceError, load_hub_dataset
 
     if body.purpose not in PURPOSES:
         raise BadRequest(f"purpose must be one of {', '.join(PURPOSES)}", param="purpose")
@@ -144,9 +145,13 @@ def import_dataset(body: ImportRequest, session: SessionDep, project: ProjectDep
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "rows.jsonl"
             try:
-                export_hub_dataset(body.dataset, raw, split=body.split, config=body.config,
-                                   max_rows=body.max_examples)
-            except HubImportError as e:
+                rows = load_hub_dataset(body.dataset, body.split, data_dir=body.data_dir)
+                with open(raw, "w", encoding="utf-8") as out:  # stored as JSONL: one path for all data
+                    for i, row in enumerate(rows):
+                        if body.max_examples is not None and i >= body.max_examples:
+                            break
+                        out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            except DatasetSourceError as e:
                 raise BadRequest(str(e), param="dataset", code="dataset_unavailable") from None
             with open(raw, "rb") as f:
                 nbytes = storage.put_stream(raw_key, f)

@@ -53,10 +53,10 @@ def postgres_database() -> Iterator[str]:
 
 
 @contextmanager
-def redis_database() -> Iterator[str]:
+def redis_database(offset: int = 0) -> Iterator[str]:
     import redis
 
-    db = 1 + (os.getpid() % 14)
+    db = 1 + ((os.getpid() + offset) % 15)
     url = f"{REDIS}/{db}"
     r = redis.Redis.from_url(url)
     r.flushdb()

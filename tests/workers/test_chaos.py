@@ -1,0 +1,77 @@
+"""Crash safety with real processes: a worker killed with SIGKILL mid-training, and a broker that lost
+its messages. The database is the truth; leases and the reconciler bring jobs back."""
+
+import time
+
+import openai
+import pytest
+import redis
+
+from tests.api.test_jobs import TERMINAL, wait_status, wait_step
+from tests.conftest import FAST_JOBS
+from tests.support.data import sft_rows, write_jsonl
+from tests.support.service import postgres_database, redis_database, start_service
+
+
+@pytest.fixture(scope="module")
+def chaos(tmp_path_factory, tiny_model_path):
+    with postgres_database() as pg, redis_database(offset=7) as rd:
+        svc = start_service(tmp_path_factory.mktemp("chaos"), pg, rd, workers=1,
+                            models={"tiny-llama": tiny_model_path}, **FAST_JOBS)
+        try:
+            yield svc
+        finally:
+            svc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(chaos):
+    return openai.OpenAI(base_url=chaos.v1, api_key=chaos.key("chaos"), max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def train_file(client, tmp_path_factory):
+    p = write_jsonl(tmp_path_factory.mktemp("d") / "t.jsonl", sft_rows(24))
+    return client.files.create(file=p.open("rb"), purpose="fine-tune")
+
+
+def method(steps, every):
+    return {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 4}, "max_steps": steps,
+                                                 "checkpoint_interval": every, "max_seq_length": 96}}
+
+
+def test_worker_killed_mid_job_resumes_from_last_checkpoint(chaos, client, train_file):
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id, method=method(30, 4))
+    wait_step(client, job.id, 9)  # checkpoints at 4 and 8 exist
+    chaos.workers[0].kill9()  # the worker and (through PR_SET_PDEATHSIG) its training child die
+    time.sleep(1)
+    before = client.fine_tuning.jobs.retrieve(job.id)
+    assert before.status == "running"  # nobody has noticed yet: the lease is still valid
+    chaos.start_worker()  # a fresh worker; its reconciler finds the lapsed lease
+    job = wait_status(client, job.id, TERMINAL, timeout=300)
+    assert job.status == "succeeded", job.error
+    events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+    messages = [e.message for e in events]
+    assert any("stopped responding" in m for m in messages)
+    assert any("Resuming from the last checkpoint" in m for m in messages)
+    steps = [e.data["step"] for e in reversed(events) if e.type == "metrics"]
+    restarts = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
+    assert len(restarts) == 1, steps
+    resumed_at = steps[restarts[0]]
+    # the second attempt continues after a checkpoint (a multiple of 4), never from step 1
+    assert resumed_at > 1 and (resumed_at - 1) % 4 == 0, steps
+    assert steps.count(1) == 1 and steps[-1] == 30
+    assert job.model_extra["attempts"] == 2
+    assert len([m for m in client.models.list().data if m.id == job.fine_tuned_model]) == 1
+
+
+def test_broker_emptied_while_queued_reconciler_runs_it(chaos, client, train_file):
+    for w in chaos.workers:
+        w.stop()
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id, method=method(3, 10))
+    r = redis.Redis.from_url(chaos.env["CHATFORGE_BROKER_URL"])
+    assert r.llen("jobs") >= 1
+    r.flushdb()  # Redis restarted empty: the wake-up is gone
+    chaos.start_worker()
+    job = wait_status(client, job.id, TERMINAL, timeout=300)
+    assert job.status == "succeeded", job.error
