@@ -1,0 +1,260 @@
+"""A lean forward pass over a Hugging Face Llama-family model for batched serving.
+
+Owns the math of one engine step: embeddings -> decoder layers (fused QKV and gate/up projections,
+rotary embeddings, grouped-query attention against the slot KV cache, mixed-adapter LoRA) -> logits for
+the requested positions. It reuses the HF module weights (no copy beyond fusing) and mirrors HF's
+numerics (fp32 RMSNorm, fp32 softmax) so greedy output matches transformers generate. It does not
+schedule, sample, or manage rows (engine.py) nor load adapters (lora.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ml.serve.kv_cache import KVCache
+from ml.serve.lora import LoraAdapter, StackedLora, stack_group
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# Fused projections: name -> (input source, parts in output order).
+GROUPS = {
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "o": ("o_proj",),
+    "gate_up": ("gate_proj", "up_proj"),
+    "down": ("down_proj",),
+}
+
+
+class UnsupportedModel(ValueError):
+    pass
+
+
+class _Proj:
+    """Several linear layers on the same input, run as one matmul when their weights are plain
+    tensors; quantised (bitsandbytes) modules are called one by one."""
+
+    def __init__(self, modules: list[torch.nn.Module]) -> None:
+        self.out_features = [m.out_features for m in modules]
+        self.in_features = modules[0].in_features
+        plain = all(type(m) is torch.nn.Linear for m in modules)
+        self.modules = None if plain else modules
+        self.weight = self.bias = None
+        if plain:
+            w = torch.cat([m.weight.data for m in modules], dim=0).contiguous()
+            offset = 0
+            for m in modules:  # the HF modules now view the fused tensor: no second copy
+                m.weight.data = w[offset : offset + m.out_features]
+                offset += m.out_features
+            self.weight = w
+            if any(m.bias is not None for m in modules):
+                self.bias = torch.cat(
+                    [
+                        m.bias.data if m.bias is not None else torch.zeros(m.out_features, dtype=w.dtype)
+                        for m in modules
+                    ]
+                )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.modules is None:
+            return F.linear(x, self.weight, self.bias)
+        outs = [m(x) for m in self.modules]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+
+@dataclass
+class _Layer:
+    ln1: torch.Tensor
+    ln2: torch.Tensor
+    qkv: _Proj
+    o: _Proj
+    gate_up: _Proj
+    down: _Proj
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+    act: torch.nn.Module
+
+
+class LoraBatch:
+    """The LoRA side of one batch: stacked weights of the active adapters and each row's owner."""
+
+    def __init__(self, stacks: list[dict[str, StackedLora | None]], row_adapter: torch.Tensor, dtype):
+        self.stacks = stacks
+        self._row = row_adapter  # [n] index into the active list, -1 = base
+        self._dtype = dtype
+        self._masks: dict[int, torch.Tensor] = {}
+
+    def mask(self, owner: torch.Tensor) -> torch.Tensor:
+        m = self._masks.get(id(owner))
+        if m is None:
+            m = (self._row[:, None] == owner[None, :]).to(self._dtype)[:, None, :]  # [n, 1, R]
+            self._masks[id(owner)] = m
+        return m
+
+    def add(self, y: torch.Tensor, x: torch.Tensor, layer: int, group: str) -> torch.Tensor:
+        s = self.stacks[layer].get(group)
+        if s is None:
+            return y
+        return y + torch.matmul(torch.matmul(x, s.a) * self.mask(s.owner), s.b)
+
+
+class DecoderRunner:
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype, max_positions: int) -> None:
+        cfg = model.config
+        if cfg.model_type not in SUPPORTED_MODEL_TYPES:
+            raise UnsupportedModel(
+                f"model_type {cfg.model_type!r} is not supported by the serving engine "
+                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            )
+        window = getattr(cfg, "sliding_window", None)
+        if window and getattr(cfg, "use_sliding_window", True) and max_positions > window:
+            raise UnsupportedModel(f"sliding-window attention ({window}) is not supported beyond the window")
+        self.model = model
+        self.config = cfg
+        self.dtype = dtype
+        self.num_layers = cfg.num_hidden_layers
+        self.num_heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.groups_per_kv = self.num_heads // self.kv_heads
+        self.scale = self.head_dim**-0.5
+        self.eps = cfg.rms_norm_eps
+        self.vocab_size = cfg.vocab_size
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.final_norm = inner.norm.weight
+        self.lm_head = model.lm_head
+        self.layers: list[_Layer] = []
+        for layer in inner.layers:
+            at, mlp = layer.self_attn, layer.mlp
+            self.layers.append(
+                _Layer(
+                    ln1=layer.input_layernorm.weight,
+                    ln2=layer.post_attention_layernorm.weight,
+                    qkv=_Proj([at.q_proj, at.k_proj, at.v_proj]),
+                    o=_Proj([at.o_proj]),
+                    gate_up=_Proj([mlp.gate_proj, mlp.up_proj]),
+                    down=_Proj([mlp.down_proj]),
+                    q_norm=at.q_norm.weight if hasattr(at, "q_norm") else None,
+                    k_norm=at.k_norm.weight if hasattr(at, "k_norm") else None,
+                    act=mlp.act_fn,
+                )
+            )
+        first = self.layers[0]
+        self.proj_shapes = {
+            "q_proj": (first.qkv.in_features, first.qkv.out_features[0]),
+            "k_proj": (first.qkv.in_features, first.qkv.out_features[1]),
+            "v_proj": (first.qkv.in_features, first.qkv.out_features[2]),
+            "o_proj": (first.o.in_features, first.o.out_features[0]),
+            "gate_proj": (first.gate_up.in_features, first.gate_up.out_features[0]),
+            "up_proj": (first.gate_up.in_features, first.gate_up.out_features[1]),
+            "down_proj": (first.down.in_features, first.down.out_features[0]),
+        }
+        # HF computes cos/sin in fp32 from position ids, then casts: a table gives the same values.
+        pos = torch.arange(max_positions)[None]
+        probe = torch.empty(1, dtype=dtype)
+        with torch.inference_mode():
+            cos, sin = inner.rotary_emb(probe, position_ids=pos)
+        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # [P, head_dim]
+
+    def new_cache(self, rows: int, max_capacity: int) -> KVCache:
+        return KVCache(self.num_layers, rows, self.kv_heads, self.head_dim, self.dtype, max_capacity)
+
+    # ---- LoRA -----------------------------------------------------------------------------------
+    def stack_adapters(self, adapters: list[LoraAdapter]) -> list[dict[str, StackedLora | None]]:
+        owners: dict[tuple[int, ...], torch.Tensor] = {}
+        stacks = []
+        for i in range(self.num_layers):
+            per = {}
+            for g, parts in GROUPS.items():
+                named = [(p, self.proj_shapes[p][1]) for p in parts]
+                per[g] = stack_group(adapters, i, named, self.proj_shapes[parts[0]][0], self.dtype, owners)
+            stacks.append(per)
+        return stacks
+
+    # ---- forward --------------------------------------------------------------------------------
+    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        xf = x.to(torch.float32)
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return w * xf.to(x.dtype)
+
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        rows: torch.Tensor,
+        contiguous_rows: bool,
+        cache: KVCache,
+        attn_len: int,
+        lora: LoraBatch | None,
+        logits_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """One step for n sequences of T new tokens each (padded).
+
+        ids, pos: [n, T] token ids and their absolute positions; rows: [n] cache rows (a contiguous
+        ascending run when contiguous_rows, which lets attention read the cache as a view);
+        attn_len: keys [0, attn_len) are read (>= every pos + 1); logits_index: [m, 2] (row, t) pairs
+        whose next-token logits are returned as float32 [m, vocab].
+        """
+        n, t = ids.shape
+        nh, kvh, hd, g = self.num_heads, self.kv_heads, self.head_dim, self.groups_per_kv
+        cos = self.cos[pos].unsqueeze(2)  # [n, T, 1, hd]
+        sin = self.sin[pos].unsqueeze(2)
+        keep = torch.arange(attn_len)[None, None, :] <= pos[:, :, None]  # [n, T, L]
+        hide = ~keep[:, None, None]  # [n, 1, 1, T, L]
+        r0 = int(rows[0]) if contiguous_rows else 0
+        row_ix = rows[:, None]
+        x = self.embed(ids).to(self.dtype)
+        for li, layer in enumerate(self.layers):
+            h = self._rms(x, layer.ln1)
+            qkv = layer.qkv(h)
+            if lora is not None:
+                qkv = lora.add(qkv, h, li, "qkv")
+            qkv = qkv.view(n, t, nh + 2 * kvh, hd)
+            if layer.q_norm is not None:
+                q = self._rms(qkv[:, :, :nh], layer.q_norm)
+                k = self._rms(qkv[:, :, nh : nh + kvh], layer.k_norm)
+                q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            else:
+                qk = self._rope(qkv[:, :, : nh + kvh], cos, sin)
+                q, k = qk[:, :, :nh], qk[:, :, nh:]
+            v = qkv[:, :, nh + kvh :]
+            kc, vc = cache.k[li], cache.v[li]  # [rows, kvh, cap, hd]
+            kc[row_ix, :, pos] = k
+            vc[row_ix, :, pos] = v
+            if contiguous_rows:
+                keys, values = kc[r0 : r0 + n, :, :attn_len], vc[r0 : r0 + n, :, :attn_len]
+            else:
+                keys, values = kc[rows, :, :attn_len], vc[rows, :, :attn_len]
+            # q [n, T, nh, hd] -> [n, kvh, g*T, hd]: grouped heads share their kv head, no repeat.
+            qh = (q * self.scale).view(n, t, kvh, g, hd).permute(0, 2, 3, 1, 4).reshape(n, kvh, g * t, hd)
+            scores = torch.matmul(qh, keys.transpose(-1, -2)).view(n, kvh, g, t, attn_len)
+            scores = scores.masked_fill(hide, float("-inf"))
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
+            attn = torch.matmul(probs.view(n, kvh, g * t, attn_len), values)  # [n, kvh, g*T, hd]
+            attn = attn.view(n, kvh, g, t, hd).permute(0, 3, 1, 2, 4).reshape(n, t, nh * hd)
+            o = layer.o(attn)
+            if lora is not None:
+                o = lora.add(o, attn, li, "o")
+            x = x + o
+            h = self._rms(x, layer.ln2)
+            gu = layer.gate_up(h)
+            if lora is not None:
+                gu = lora.add(gu, h, li, "gate_up")
+            inter = gu.shape[-1] // 2
+            a = layer.act(gu[..., :inter]) * gu[..., inter:]
+            d = layer.down(a)
+            if lora is not None:
+                d = lora.add(d, a, li, "down")
+            x = x + d
+        last = x[logits_index[:, 0], logits_index[:, 1]]  # [m, hidden]
+        last = self._rms(last, self.final_norm)
+        return self.lm_head(last).float()

@@ -1,0 +1,450 @@
+"""The serving engine for one base model: continuous batching of many requests and LoRA adapters.
+
+Owns the scheduler thread, admission (queue and size limits), the assignment of KV-cache rows, chunked
+prefill interleaved with decode steps, and turning sampled tokens into streamed events. The model math
+lives in decoder.py, sampling in sampling.py, adapters in lora.py, text in detokenize.py. It knows
+nothing about HTTP: the API wraps submit()/RequestHandle and maps ServeError.status to a response.
+
+Rows of the KV cache: [0, D) are decoding sequences (so a decode step reads a plain slice), [D, D+P)
+are sequences whose prompt is still being prefilled; finishing sequences are replaced by the last row.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+import torch
+
+from ml.models import TORCH_DTYPES, load_causal_lm, load_tokenizer
+from ml.serve.decoder import DecoderRunner, LoraBatch
+from ml.serve.detokenize import IncrementalDetokenizer, StopStringMatcher
+from ml.serve.handle import RequestHandle
+from ml.serve.lora import BASE, AdapterRegistry, LoraAdapter, read_lora_adapter
+from ml.serve.request import (
+    EngineBusy,
+    EngineClosed,
+    GenerationEvent,
+    GenerationRequest,
+    RequestTooLarge,
+    UnknownAdapter,
+    Usage,
+    validate_request,
+)
+from ml.serve.sampling import SamplingState, sample_batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    running: int
+    waiting: int
+    prefilling: int
+    prompt_tokens_total: int
+    generated_tokens_total: int
+    requests_finished_total: int
+    loaded_adapters: list[str]
+    kv_cache_bytes: int
+
+
+@dataclass(eq=False)
+class _Seq:
+    handle: RequestHandle
+    req: GenerationRequest
+    adapter_name: str | None
+    max_new: int
+    stop_ids: frozenset[int]
+    sampling: SamplingState
+    detok: IncrementalDetokenizer
+    matcher: StopStringMatcher
+    order: int
+    adapter: LoraAdapter | None = None
+    row: int = -1
+    cached: int = 0  # positions written to the KV cache
+    decoding: bool = False
+    generated: list[int] = field(default_factory=list)
+
+
+class Engine:
+    """Continuous-batching generation over one base model and any number of its LoRA adapters.
+
+    Thread-safe: submit/cancel/register from any thread; one scheduler thread runs the model.
+    """
+
+    def __init__(
+        self,
+        base_model_path: str | Path,
+        *,
+        dtype: str = "float32",
+        quantization: str = "none",
+        max_batch_size: int = 8,
+        max_queue: int = 64,
+        max_prompt_tokens: int | None = None,
+        max_total_tokens: int | None = None,
+        adapter_cache_size: int = 8,
+        prefill_chunk: int = 256,
+        model_id: str | None = None,
+        start: bool = True,
+    ) -> None:
+        """start=False leaves the scheduler stopped until start() (tests use it to queue a batch)."""
+        self.model_id = model_id or str(base_model_path)
+        self.base_model_path = Path(base_model_path)
+        self.torch_dtype = TORCH_DTYPES[dtype]
+        self.tokenizer = load_tokenizer(base_model_path)
+        self.model = load_causal_lm(base_model_path, dtype=dtype, quantization=quantization).eval()
+        cfg = self.model.config
+        limit = getattr(cfg, "max_position_embeddings", None) or 4096
+        self.max_total_tokens = min(max_total_tokens or min(limit, 4096), limit)
+        self.max_prompt_tokens = min(
+            max_prompt_tokens or self.max_total_tokens - 1, self.max_total_tokens - 1
+        )
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.prefill_chunk = max(1, prefill_chunk)
+        positions = self.max_total_tokens + self.prefill_chunk  # padded prefill may write past the end
+        self.runner = DecoderRunner(self.model, self.torch_dtype, positions)
+        self.vocab_size = self.runner.vocab_size
+        self.cache = self.runner.new_cache(max_batch_size, positions)
+        self.adapters = AdapterRegistry(adapter_cache_size, self._read_adapter)
+        self.eos_ids = self._eos_ids()
+
+        self._lock = threading.Condition()
+        self._waiting: deque[_Seq] = deque()
+        self._rows: list[_Seq | None] = [None] * max_batch_size
+        self._decoding = 0  # D
+        self._prefilling = 0  # P
+        self._order = itertools.count()
+        self._stacks: dict[tuple[str, ...], tuple[list[LoraAdapter], list]] = {}
+        self._closed = False
+        self._prompt_tokens_total = 0
+        self._generated_total = 0
+        self._finished_total = 0
+        self._thread = threading.Thread(target=self._loop, name=f"engine:{self.model_id}", daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    # ---- public API -----------------------------------------------------------------------------
+    def register_adapter(self, name: str, path: str | Path) -> None:
+        """Make adapter `name` servable; its weights load on first use (LRU-cached)."""
+        self.adapters.register(name, path)
+
+    def unload_adapter(self, name: str) -> None:
+        """Forget an adapter. Running sequences finish with the weights they started with."""
+        self.adapters.unregister(name)
+        with self._lock:
+            self._stacks.clear()
+
+    def submit(self, req: GenerationRequest) -> RequestHandle:
+        validate_request(req, self.vocab_size)
+        n_prompt = len(req.prompt_ids)
+        if n_prompt > self.max_prompt_tokens:
+            raise RequestTooLarge(f"prompt has {n_prompt} tokens; the maximum is {self.max_prompt_tokens}")
+        room = self.max_total_tokens - n_prompt
+        max_new = req.max_tokens if req.max_tokens is not None else room
+        if max_new > room:
+            raise RequestTooLarge(
+                f"prompt ({n_prompt}) + max_tokens ({max_new}) exceeds {self.max_total_tokens} tokens"
+            )
+        adapter = None if req.adapter in (None, BASE) else req.adapter
+        if adapter is not None and not self.adapters.known(adapter):
+            raise UnknownAdapter(f"adapter {adapter!r} is not registered with {self.model_id}")
+        handle = RequestHandle(req.request_id or uuid.uuid4().hex, n_prompt)
+        stop_ids = self.eos_ids if req.stop_token_ids is None else frozenset(req.stop_token_ids)
+        seq = _Seq(
+            handle=handle,
+            req=req,
+            adapter_name=adapter,
+            max_new=max_new,
+            stop_ids=stop_ids,
+            sampling=SamplingState.from_request(req, self.vocab_size),
+            detok=IncrementalDetokenizer(self.tokenizer),
+            matcher=StopStringMatcher(req.stop),
+            order=next(self._order),
+        )
+        with self._lock:
+            if self._closed:
+                raise EngineClosed(f"engine for {self.model_id} is closed")
+            if len(self._waiting) >= self.max_queue:
+                raise EngineBusy(f"{len(self._waiting)} requests are already waiting")
+            self._waiting.append(seq)
+            self._lock.notify()
+        return handle
+
+    def generate(self, req: GenerationRequest):
+        """Blocking convenience: submit and wait for the Completion."""
+        return self.submit(req).result()
+
+    def render_chat(self, messages, tools=None) -> list[int]:
+        """Prompt token ids for a chat, tokenised exactly as training does (ml.data.render)."""
+        from ml.data.render import render_prompt
+
+        return render_prompt(self.tokenizer, messages, add_generation_prompt=True, tools=tools)
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            return EngineStats(
+                running=self._decoding + self._prefilling,
+                waiting=len(self._waiting),
+                prefilling=self._prefilling,
+                prompt_tokens_total=self._prompt_tokens_total,
+                generated_tokens_total=self._generated_total,
+                requests_finished_total=self._finished_total,
+                loaded_adapters=self.adapters.loaded_names(),
+                kv_cache_bytes=self.cache.nbytes,
+            )
+
+    def close(self, timeout: float | None = 30) -> None:
+        """Stop the scheduler; unfinished requests end with finish_reason "error"."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- setup helpers --------------------------------------------------------------------------
+    def _read_adapter(self, name: str, path: Path) -> LoraAdapter:
+        return read_lora_adapter(
+            name, path, self.torch_dtype, self.runner.proj_shapes, self.runner.num_layers
+        )
+
+    def _eos_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        gen = getattr(self.model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif eos:
+            ids.update(int(e) for e in eos)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return frozenset(ids)
+
+    # ---- scheduler ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        with torch.inference_mode():
+            while True:
+                with self._lock:
+                    while not self._closed and not self._waiting and not (self._decoding + self._prefilling):
+                        self._lock.wait()
+                    if self._closed:
+                        break
+                try:
+                    self._step()
+                except Exception as exc:  # never let one bad step kill the server thread
+                    log.exception("engine step failed; failing the running requests")
+                    self._fail_running(f"{type(exc).__name__}: {exc}")
+        self._fail_running("engine closed")
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), deque()
+        for seq in waiting:
+            seq.handle._push(self._final(seq, "", "error", error="engine closed"))
+
+    def _step(self) -> None:
+        self._reap_cancelled()
+        self._admit()
+        if self._prefilling:
+            self._prefill_step()
+        if self._decoding:
+            self._decode_step()
+
+    def _reap_cancelled(self) -> None:
+        for seq in [s for s in self._rows if s is not None and s.handle.cancelled]:
+            self._finish(seq, "", "cancelled")
+        with self._lock:
+            gone = [s for s in self._waiting if s.handle.cancelled]
+            for s in gone:
+                self._waiting.remove(s)
+        for s in gone:
+            s.handle._push(self._final(s, "", "cancelled"))
+
+    def _admit(self) -> None:
+        while self._decoding + self._prefilling < self.max_batch_size:
+            with self._lock:
+                if not self._waiting:
+                    return
+                seq = self._waiting.popleft()
+            if seq.adapter_name is not None:
+                pinned = {s.adapter_name for s in self._rows if s is not None and s.adapter_name}
+                try:
+                    seq.adapter = self.adapters.acquire(seq.adapter_name, pinned)
+                except Exception as exc:  # noqa: BLE001 -- unknown now, unreadable or foreign weights: fail this one
+                    seq.handle._push(self._final(seq, "", "error", error=str(exc)))
+                    continue
+                if seq.adapter is None:  # every cached adapter is in use: wait for one to free up
+                    with self._lock:
+                        self._waiting.appendleft(seq)
+                    return
+            row = self._decoding + self._prefilling
+            seq.row = row
+            self._rows[row] = seq
+            self._prefilling += 1
+
+    # ---- rows -----------------------------------------------------------------------------------
+    def _place(self, seq: _Seq, row: int) -> None:
+        self.cache.move(seq.row, row, seq.cached)
+        self._rows[seq.row] = None
+        self._rows[row] = seq
+        seq.row = row
+
+    def _to_decoding(self, seq: _Seq) -> None:
+        """A prefilled sequence joins the decode block [0, D) by swapping into row D."""
+        d = self._decoding
+        other = self._rows[d]
+        if other is not seq:
+            self.cache.swap(seq.row, d, max(seq.cached, other.cached))
+            self._rows[seq.row], self._rows[d] = other, seq
+            other.row, seq.row = seq.row, d
+        seq.decoding = True
+        self._decoding += 1
+        self._prefilling -= 1
+
+    def _release(self, seq: _Seq) -> None:
+        r = seq.row
+        self._rows[r] = None
+        if seq.decoding:
+            last = self._decoding - 1
+            if r != last:
+                self._place(self._rows[last], r)
+            self._decoding -= 1
+            if self._prefilling:  # close the hole between the blocks with the last prefill row
+                self._place(self._rows[self._decoding + self._prefilling], self._decoding)
+        else:
+            last = self._decoding + self._prefilling - 1
+            if r != last:
+                self._place(self._rows[last], r)
+            self._prefilling -= 1
+        seq.row = -1
+
+    # ---- model steps ----------------------------------------------------------------------------
+    def _lora_batch(self, seqs: list[_Seq]) -> LoraBatch | None:
+        names = sorted({s.adapter_name for s in seqs if s.adapter_name})
+        if not names:
+            return None
+        key = tuple(names)
+        adapters = [next(s.adapter for s in seqs if s.adapter_name == n) for n in names]
+        hit = self._stacks.get(key)
+        if hit is None or any(a is not b for a, b in zip(hit[0], adapters)):
+            if len(self._stacks) >= 8:
+                self._stacks.pop(next(iter(self._stacks)))
+            hit = (adapters, self.runner.stack_adapters(adapters))
+            self._stacks[key] = hit
+        index = {n: i for i, n in enumerate(names)}
+        row_adapter = torch.tensor([index.get(s.adapter_name, -1) for s in seqs], dtype=torch.long)
+        return LoraBatch(hit[1], row_adapter, self.torch_dtype)
+
+    def _prefill_step(self) -> None:
+        pending = sorted(
+            (self._rows[r] for r in range(self._decoding, self._decoding + self._prefilling)),
+            key=lambda s: s.order,
+        )
+        budget = self.prefill_chunk
+        batch: list[tuple[_Seq, int]] = []
+        for seq in pending:
+            if budget <= 0:
+                break
+            take = min(len(seq.req.prompt_ids) - seq.cached, budget)
+            batch.append((seq, take))
+            budget -= take
+        t = max(take for _, take in batch)
+        n = len(batch)
+        ids = torch.zeros(n, t, dtype=torch.long)
+        starts = torch.tensor([s.cached for s, _ in batch], dtype=torch.long)
+        for i, (seq, take) in enumerate(batch):
+            ids[i, :take] = torch.tensor(seq.req.prompt_ids[seq.cached : seq.cached + take])
+        pos = starts[:, None] + torch.arange(t)[None, :]
+        attn_len = int(starts.max()) + t
+        self.cache.ensure(attn_len)
+        done = [i for i, (seq, take) in enumerate(batch) if seq.cached + take == len(seq.req.prompt_ids)]
+        seqs = [s for s, _ in batch]
+        index = torch.tensor([[i, batch[i][1] - 1] for i in done], dtype=torch.long).view(-1, 2)
+        rows = torch.tensor([s.row for s in seqs], dtype=torch.long)
+        logits = self.runner.forward(
+            ids, pos, rows, False, self.cache, attn_len, self._lora_batch(seqs), index
+        )
+        for seq, take in batch:
+            seq.cached += take
+        if done:
+            finished = [batch[i][0] for i in done]
+            with self._lock:
+                self._prompt_tokens_total += sum(len(s.req.prompt_ids) for s in finished)
+            tokens, lps = sample_batch(logits, [s.sampling for s in finished])
+            for seq, tok, lp in zip(finished, tokens, lps):
+                self._to_decoding(seq)
+                self._accept(seq, tok, lp)
+
+    def _decode_step(self) -> None:
+        d = self._decoding
+        seqs = self._rows[:d]
+        ids = torch.tensor([[s.generated[-1]] for s in seqs], dtype=torch.long)
+        pos = torch.tensor([[s.cached] for s in seqs], dtype=torch.long)
+        attn_len = int(pos.max()) + 1
+        self.cache.ensure(attn_len)
+        index = torch.stack([torch.arange(d), torch.zeros(d, dtype=torch.long)], dim=1)
+        logits = self.runner.forward(
+            ids, pos, torch.arange(d), True, self.cache, attn_len, self._lora_batch(seqs), index
+        )
+        for s in seqs:
+            s.cached += 1
+        tokens, lps = sample_batch(logits, [s.sampling for s in seqs])
+        for seq, tok, lp in zip(list(seqs), tokens, lps):
+            self._accept(seq, tok, lp)
+
+    # ---- tokens -> events -----------------------------------------------------------------------
+    def _accept(self, seq: _Seq, tok: int, lp) -> None:
+        seq.generated.append(tok)
+        finish = None
+        if tok in seq.stop_ids:
+            delta, finish = seq.detok.flush(), "stop"
+        else:
+            delta = seq.detok.add(tok)
+            if len(seq.generated) >= seq.max_new:
+                delta, finish = delta + seq.detok.flush(), "length"
+        text, matched = seq.matcher.push(delta)
+        if matched:
+            finish = "stop"
+        elif finish is not None:
+            text += seq.matcher.flush()
+        with self._lock:
+            self._generated_total += 1
+        logprobs = (lp,) if lp is not None else None
+        if finish is None:
+            seq.handle._push(GenerationEvent(text=text, token_ids=(tok,), logprobs=logprobs))
+        else:
+            self._finish(seq, text, finish, token_ids=(tok,), logprobs=logprobs)
+
+    def _final(self, seq: _Seq, text: str, reason: str, token_ids=(), logprobs=None, error=None):
+        usage = Usage(prompt_tokens=len(seq.req.prompt_ids), completion_tokens=len(seq.generated))
+        return GenerationEvent(
+            text=text, token_ids=token_ids, logprobs=logprobs, finish_reason=reason, usage=usage, error=error
+        )
+
+    def _finish(self, seq: _Seq, text: str, reason: str, token_ids=(), logprobs=None, error=None) -> None:
+        if seq.row >= 0:
+            self._release(seq)
+        with self._lock:
+            self._finished_total += 1
+        seq.handle._push(self._final(seq, text, reason, token_ids, logprobs, error))
+
+    def _fail_running(self, message: str) -> None:
+        for seq in [s for s in self._rows if s is not None]:
+            self._finish(seq, "", "error", error=message)
+        self._rows = [None] * self.max_batch_size
+        self._decoding = self._prefilling = 0
