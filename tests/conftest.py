@@ -60,14 +60,14 @@ def key_b(service):
     return service.key("project-b")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def client_a(service, key_a):
     import openai
 
     return openai.OpenAI(base_url=service.v1, api_key=key_a, max_retries=0, timeout=600)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def client_b(service, key_b):
     import openai
 
