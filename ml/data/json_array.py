@@ -17,6 +17,7 @@ _WS = json.decoder.WHITESPACE  # the regex json itself uses to skip whitespace
 CHUNK_BYTES = 1 << 20
 MAX_RECORD_CHARS = 64 << 20  # one record larger than this is refused rather than buffered
 _NEAR_END = 64  # a parse failure this close to the buffer end may just mean "read more"
+COMPACT_AT = 1 << 20  # drop consumed text from the buffer once this much has accumulated
 
 
 class _Buffer:
@@ -43,7 +44,7 @@ class _Buffer:
             tail = self._decoder.decode(b"", final=True)
             self.text += tail
             return bool(tail)
-        if self.pos > (1 << 20):  # drop what has been consumed, keeping the bookkeeping right
+        if self.pos > COMPACT_AT:  # drop what has been consumed, keeping the bookkeeping right
             dropped = self.text[: self.pos]
             nl = dropped.rfind("\n")
             self._col_base = self._col_base + len(dropped) if nl < 0 else len(dropped) - nl - 1

@@ -28,9 +28,10 @@ class RawItem:
     fatal: bool = False  # reading cannot go on after this problem
 
 
-def bad_utf8_message(raw: bytes, start: int) -> str:
-    line_start = raw.rfind(b"\n", 0, start) + 1
-    col = len(raw[line_start:start].decode("utf-8", "replace")) + 1
+def bad_utf8_message(raw: bytes, start: int, col_base: int = 0) -> str:
+    """col_base: characters already on this line before raw[0] (for chunked decoding)."""
+    nl = raw.rfind(b"\n", 0, start)
+    col = len(raw[nl + 1 : start].decode("utf-8", "replace")) + 1 + (col_base if nl < 0 else 0)
     return f"not valid UTF-8 text (byte 0x{raw[start]:02x} at column {col}); save the file as UTF-8"
 
 
@@ -54,7 +55,13 @@ class ChunkDecoder:
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
         self.lines_before = 0  # newlines in all bytes fully handed out so far
+        self._tail_chars = 0  # characters after the last newline handed out so far
         self.problems: list[Problem] = []
+
+    def _emit(self, out: list[str], text: str) -> None:
+        out.append(text)
+        nl = text.rfind("\n")
+        self._tail_chars = len(text) - nl - 1 if nl >= 0 else self._tail_chars + len(text)
 
     def decode(self, chunk: bytes, final: bool = False) -> str:
         pending = self._decoder.getstate()[0]
@@ -63,14 +70,15 @@ class ChunkDecoder:
         out: list[str] = []
         while True:
             try:
-                out.append(self._decoder.decode(data, final))
+                self._emit(out, self._decoder.decode(data, final))
                 break
             except UnicodeDecodeError as e:
                 good = data[: e.start]
-                out.append(good.decode("utf-8"))
                 line = self.lines_before + good.count(b"\n") + 1
-                self.problems.append(Problem(line, None, None, bad_utf8_message(data, e.start)))
-                out.append("\ufffd")
+                msg = bad_utf8_message(data, e.start, self._tail_chars)
+                self.problems.append(Problem(line, None, None, msg))
+                self._emit(out, good.decode("utf-8"))
+                self._emit(out, "\ufffd")
                 self.lines_before += data[: e.end].count(b"\n")
                 data = data[e.end :]
                 self._decoder.reset()

@@ -47,22 +47,37 @@ def write_jsonl(path: Path, rows) -> Path:
 
 
 def test_valid_fixtures_cover_every_registered_format():
-    real = {"alpaca", "gpteacher", "flan_cot", "sharegpt", "sharegpt_tools", "openai_chat", "openai_dpo",
-            "hh_rlhf", "sharegpt_preference", "kto"}
+    real = {
+        "alpaca",
+        "gpteacher",
+        "flan_cot",
+        "sharegpt",
+        "sharegpt_tools",
+        "openai_chat",
+        "openai_dpo",
+        "hh_rlhf",
+        "sharegpt_preference",
+        "kto",
+    }
     assert set(FORMATS) == real | {v[0] for v in VALID_EXPECTED.values()}
 
 
 @pytest.mark.parametrize("name", sorted(VALID_EXPECTED))
 def test_valid_fixture(name, tmp_path):
     report, recs = convert(tmp_path, name)
-    assert (report.format, report.kind, report.n_examples, report.n_skipped) == VALID_EXPECTED[name], report.summary()
+    assert (report.format, report.kind, report.n_examples, report.n_skipped) == VALID_EXPECTED[name], (
+        report.summary()
+    )
     assert report.ok and len(recs) == report.n_examples
 
 
 def test_webgpt_higher_score_wins_and_ties_are_dropped(tmp_path):
     report, recs = convert(tmp_path, "webgpt.jsonl")
     assert all(r.chosen.content.startswith("good") and r.rejected.content.startswith("bad") for r in recs)
-    assert str(report.warnings[0]) == "line 13: score_0 equals score_1 (0): a tie has no preferred answer; record skipped"
+    assert (
+        str(report.warnings[0])
+        == "line 13: score_0 equals score_1 (0): a tie has no preferred answer; record skipped"
+    )
 
 
 def test_shp_label_one_prefers_a(tmp_path):
@@ -90,8 +105,14 @@ def test_hc3_one_example_per_non_empty_answer(tmp_path):
 def test_alpaca_history_and_system(tmp_path):
     _, recs = convert(tmp_path, "alpaca_history.json")
     assert [(m.role, m.content) for m in recs[1].messages] == [
-        ("system", "Be terse."), ("user", "Hi"), ("assistant", "Hello"), ("user", "Count"),
-        ("assistant", "1 2 3"), ("user", "And 1?"), ("assistant", "1")]
+        ("system", "Be terse."),
+        ("user", "Hi"),
+        ("assistant", "Hello"),
+        ("user", "Count"),
+        ("assistant", "1 2 3"),
+        ("user", "And 1?"),
+        ("assistant", "1"),
+    ]
 
 
 def test_csv_quoted_fields_and_tsv_escapes(tmp_path):
@@ -106,22 +127,35 @@ HH_PROMPT = "\n\nHuman: Hi there\n\nAssistant: Hello! What can I do?\n\nHuman: N
 
 
 def test_hh_three_turn_transcript_keeps_history_and_splits_at_last_assistant(tmp_path):
-    rows = [{"chosen": HH_PROMPT + f"\n\nAssistant: Sure, banana number {i}.",
-             "rejected": HH_PROMPT + "\n\nAssistant: Sure, no."} for i in range(12)]
+    rows = [
+        {
+            "chosen": HH_PROMPT + f"\n\nAssistant: Sure, banana number {i}.",
+            "rejected": HH_PROMPT + "\n\nAssistant: Sure, no.",
+        }
+        for i in range(12)
+    ]
     report, recs = convert(tmp_path, write_jsonl(tmp_path / "hh.jsonl", rows))
     assert report.format == "hh_rlhf" and report.ok
     ex = recs[4]
     assert [(m.role, m.content) for m in ex.prompt] == [
-        ("user", "Hi there"), ("assistant", "Hello! What can I do?"), ("user", "Name a fruit."),
-        ("assistant", "Apple."), ("user", "Another one?")]
+        ("user", "Hi there"),
+        ("assistant", "Hello! What can I do?"),
+        ("user", "Name a fruit."),
+        ("assistant", "Apple."),
+        ("user", "Another one?"),
+    ]
     # both replies share "Sure," -- the split is at the last Assistant marker, not a common prefix
     assert (ex.chosen.content, ex.rejected.content) == ("Sure, banana number 4.", "Sure, no.")
 
 
 def test_pairs_with_transcript_prompt_and_trl_conversational_lists(tmp_path):
     rows = [{"prompt": "\n\nHuman: What is 2+2?\n\nAssistant:", "chosen": " 4", "rejected": " 5"}] * 2 + [
-        {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello"}],
-         "rejected": [{"role": "assistant", "content": "Bye"}]}]
+        {
+            "prompt": [{"role": "user", "content": "Hi"}],
+            "chosen": [{"role": "assistant", "content": "Hello"}],
+            "rejected": [{"role": "assistant", "content": "Bye"}],
+        }
+    ]
     report = inspect_rows(rows, min_examples=1, out_path=tmp_path / "o.jsonl")
     assert report.format == "prompt_chosen_rejected" and report.ok and report.duplicates == 1
     recs = list(read_canonical(tmp_path / "o.jsonl", "preference"))
@@ -130,9 +164,11 @@ def test_pairs_with_transcript_prompt_and_trl_conversational_lists(tmp_path):
 
 
 def test_openai_dpo_identical_replies_are_skipped(tmp_path):
-    row = {"input": {"messages": [{"role": "user", "content": "x"}]},
-           "preferred_output": [{"role": "assistant", "content": "same"}],
-           "non_preferred_output": [{"role": "assistant", "content": "same"}]}
+    row = {
+        "input": {"messages": [{"role": "user", "content": "x"}]},
+        "preferred_output": [{"role": "assistant", "content": "same"}],
+        "non_preferred_output": [{"role": "assistant", "content": "same"}],
+    }
     report = inspect_rows([row], min_examples=0)
     assert report.n_skipped == 1 and report.n_examples == 0
     assert "identical" in report.warnings[0].message
@@ -152,15 +188,24 @@ def test_detect_record_prefers_the_most_specific_format():
 
 def test_arrow_style_rows_with_null_optional_fields():
     # datasets.Dataset fills absent struct fields with None: weight/tool_calls/name must read as absent
-    rows = [{"messages": [{"role": "user", "content": f"q{i}", "weight": None, "tool_calls": None, "name": None},
-                          {"role": "assistant", "content": f"a{i}", "weight": None, "tool_calls": None, "name": None}],
-             "tools": None} for i in range(10)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"q{i}", "weight": None, "tool_calls": None, "name": None},
+                {"role": "assistant", "content": f"a{i}", "weight": None, "tool_calls": None, "name": None},
+            ],
+            "tools": None,
+        }
+        for i in range(10)
+    ]
     report = inspect_rows(rows)
     assert report.ok and report.format == "openai_chat" and report.container == "rows"
 
 
 def test_empty_user_turn_is_a_warning_not_an_error():
     rows = [{"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "hi"}]}] + [
-        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]} for i in range(10)]
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+        for i in range(10)
+    ]
     report = inspect_rows(rows)
     assert report.ok and str(report.warnings[0]) == "record 1: messages[0].content is empty"

@@ -17,8 +17,14 @@ from ml.data import inspect_file
 CORPUS = Path(__file__).parents[2] / "fixtures" / "datasets" / "malformed"
 MANIFEST = json.loads((CORPUS / "manifest.json").read_text())
 # defects of the whole file, where there is no line or field to name
-FILE_LEVEL = ("the file is", "zip archives", "unrecognised content", "is corrupt or truncated", "usable example",
-              "this is a kto file")
+FILE_LEVEL = (
+    "the file is",
+    "zip archives",
+    "unrecognised content",
+    "is corrupt or truncated",
+    "usable example",
+    "this is a kto file",
+)
 
 
 def test_corpus_is_complete():

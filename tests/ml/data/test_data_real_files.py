@@ -43,8 +43,11 @@ EXPECTED = {
     "llamafactory_identity.json": ("alpaca", "sft", 91, 0, True),
 }
 # exact duplicates (canonical JSON), counted independently of the converter
-DUPLICATES = {"sft_alpaca_zh_llamafactory_demo.json": 8, "llamafactory_glaive_toolcall_en_demo.json": 35,
-              "llamafactory_dpo_en_demo.json": 5}
+DUPLICATES = {
+    "sft_alpaca_zh_llamafactory_demo.json": 8,
+    "llamafactory_glaive_toolcall_en_demo.json": 35,
+    "llamafactory_dpo_en_demo.json": 5,
+}
 
 
 def test_all_twenty_files_are_covered():
@@ -118,7 +121,8 @@ def test_glaive_function_calls_become_tool_calls(tmp_path):
     assert call.role == "assistant"
     fn = call.tool_calls[0]["function"]
     assert fn["name"] == "search_recipes" and json.loads(fn["arguments"]) == {
-        "ingredients": ["chicken", "bell peppers", "rice"]}
+        "ingredients": ["chicken", "bell peppers", "rice"]
+    }
     assert [m.role for m in conv.messages][3:6] == ["assistant", "tool", "assistant"]
     assert conv.tools[0]["type"] == "function" and conv.tools[0]["function"]["name"] == "search_recipes"
     assert any(c.tools is None for c in recs)  # tools "" or "[]" mean no tools

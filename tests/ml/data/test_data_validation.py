@@ -42,9 +42,11 @@ def test_prompt_only_messages_file_is_prompts_and_stray_replies_are_errors(tmp_p
     rows[4] = chat(4)
     r = inspect_file(write_jsonl(tmp_path / "p.jsonl", rows))
     assert (r.format, r.kind, r.n_examples) == ("openai_prompts", "prompts", 19)
-    assert [str(e) for e in r.errors] == [
+    expected = (
         "line 5: the last message is from the assistant: a prompt-only example must end with a user message "
-        "(the reply is generated during training)"]
+        "(the reply is generated during training)"
+    )
+    assert [str(e) for e in r.errors] == [expected]
 
 
 def test_sft_file_with_a_prompt_only_line_is_sft_with_an_error(tmp_path):
@@ -90,15 +92,26 @@ def test_forced_format_overrides_detection(tmp_path):
         inspect_file(path, forced_format="nope")
 
 
-@pytest.mark.parametrize("source", ["sft_tatsu_alpaca_first335.json", "openai_dpo_orca_validation.jsonl",
-                                    "sft_flan_cot_gsm8k_train_first300.tsv"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "sft_tatsu_alpaca_first335.json",
+        "openai_dpo_orca_validation.jsonl",
+        "sft_flan_cot_gsm8k_train_first300.tsv",
+    ],
+)
 def test_gzip_detected_by_magic_bytes_not_name(tmp_path, source):
     plain = inspect_file(DATASETS / source)
     packed = tmp_path / "upload.txt"  # a misleading name on purpose
     packed.write_bytes(gzip.compress((DATASETS / source).read_bytes()))
     r = inspect_file(packed)
     assert r.compressed and not plain.compressed
-    assert (r.format, r.kind, r.n_examples, r.container) == (plain.format, plain.kind, plain.n_examples, plain.container)
+    assert (r.format, r.kind, r.n_examples, r.container) == (
+        plain.format,
+        plain.kind,
+        plain.n_examples,
+        plain.container,
+    )
 
 
 def test_jsonl_with_bom_crlf_and_blank_lines(tmp_path):
@@ -130,7 +143,9 @@ def test_duplicates_are_counted_and_the_first_is_named(tmp_path):
 
 def test_problem_lists_are_capped_but_totals_are_exact(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text("".join("{oops\n" for _ in range(50)) + "".join(json.dumps(chat(i)) + "\n" for i in range(10)))
+    path.write_text(
+        "".join("{oops\n" for _ in range(50)) + "".join(json.dumps(chat(i)) + "\n" for i in range(10))
+    )
     r = inspect_file(path, max_errors=5)
     assert r.n_errors == 50 and len(r.errors) == 5
     assert r.summary(2).endswith("... and 48 more errors")
@@ -157,10 +172,12 @@ def test_out_path_written_only_when_ok_and_replaced_atomically(tmp_path):
 
 def test_problem_locations():
     assert str(Problem(7, None, "x", "invalid JSON (Expecting ',' delimiter, column 41)")) == (
-        "line 7: invalid JSON (Expecting ',' delimiter, column 41)")
+        "line 7: invalid JSON (Expecting ',' delimiter, column 41)"
+    )
     assert str(Problem(12, 4, None, "m")) == "record 4 (line 12): m"
     assert str(Problem(None, 4, None, "no assistant message to learn from")) == (
-        "record 4: no assistant message to learn from")
+        "record 4: no assistant message to learn from"
+    )
     assert str(Problem(None, None, None, "the file is empty")) == "the file is empty"
 
 
@@ -187,7 +204,9 @@ def test_preference_token_length_is_the_longer_side(tok):
     row = {"prompt": "Say something.", "chosen": short, "rejected": long_}
     r = inspect_rows([row], tokenizer=tok, min_examples=1)
     text = tok.apply_chat_template(
-        [{"role": "user", "content": "Say something."}, {"role": "assistant", "content": long_}], tokenize=False)
+        [{"role": "user", "content": "Say something."}, {"role": "assistant", "content": long_}],
+        tokenize=False,
+    )
     assert r.token_stats["max"] == len(tok(text, add_special_tokens=False)["input_ids"])
 
 
@@ -195,7 +214,8 @@ def test_examples_the_chat_template_cannot_render_are_errors(tok):
     strict = copy.deepcopy(tok)
     strict.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-        "{% endif %}{{ m['content'] }}{% endfor %}")
+        "{% endif %}{{ m['content'] }}{% endfor %}"
+    )
     rows = [chat(i) for i in range(10)]
     rows[6]["messages"].insert(0, {"role": "system", "content": "be nice"})
     r = inspect_rows(rows, tokenizer=strict)

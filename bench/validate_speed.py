@@ -1,0 +1,122 @@
+"""Validation throughput of ml.data.inspect_file, in MB/s, against plain baselines measured in the same run.
+
+Without a tokenizer the baseline is the floor any validator pays: json.loads of every line. With the
+tiny test tokenizer the baseline is the plain Hugging Face way of counting tokens: json.loads +
+apply_chat_template(tokenize=True) per example. Prints markdown table lines.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/validate_speed.py [--mb 50] [--tok-mb 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ml.data import inspect_file
+
+
+def generate(path: Path, mb: float, array: bool = False) -> int:
+    rnd = random.Random(0)
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "while",
+        "seven",
+        "wizards",
+        "hex",
+        "every",
+        "jovial",
+        "zebra",
+    ]
+    target, size, n = int(mb * 2**20), 0, 0
+    with open(path, "w") as f:
+        f.write("[\n" if array else "")
+        while size < target:
+            rec = {
+                "messages": [
+                    {"role": "system", "content": "You are helpful."},
+                    {"role": "user", "content": f"Q{n}: " + " ".join(rnd.choices(words, k=40))},
+                    {"role": "assistant", "content": " ".join(rnd.choices(words, k=60))},
+                ]
+            }
+            line = (",\n" if array and n else "") + json.dumps(rec) + ("" if array else "\n")
+            f.write(line)
+            size += len(line)
+            n += 1
+        f.write("\n]\n" if array else "")
+    return n
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def plain_parse(path: Path) -> None:
+    with open(path, "rb") as f:
+        for line in f:
+            json.loads(line)
+
+
+def plain_tokens(path: Path, tok) -> None:
+    with open(path, "rb") as f:
+        for line in f:
+            tok.apply_chat_template(json.loads(line)["messages"], tokenize=True)
+
+
+def row(case: str, mb: float, ours_s: float, base_s: float, base_name: str) -> str:
+    return (
+        f"| {case} | {mb:.1f} | {mb / ours_s:.1f} | {mb / base_s:.1f} ({base_name}) | {base_s / ours_s:.2f} |"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=float, default=50)
+    ap.add_argument("--tok-mb", type=float, default=5)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        big, arr, small = d / "big.jsonl", d / "big.json", d / "small.jsonl"
+        generate(big, args.mb)
+        generate(arr, args.mb, array=True)
+        generate(small, args.tok_mb)
+        mb_big, mb_arr, mb_small = (p.stat().st_size / 2**20 for p in (big, arr, small))
+
+        print("| case | size (MB) | inspect_file (MB/s) | baseline (MB/s) | speed ratio ours/baseline |")
+        print("|---|---|---|---|---|")
+        base = timed(lambda: plain_parse(big))
+        ours = timed(lambda: inspect_file(big, out_path=d / "out.jsonl"))
+        print(row("JSONL, no tokenizer", mb_big, ours, base, "json.loads"))
+        ours = timed(lambda: inspect_file(arr, out_path=d / "out.jsonl"))
+        print(row("JSON array, no tokenizer", mb_arr, ours, base * mb_arr / mb_big, "json.loads"))
+
+        from ml.models import load_tokenizer
+        from tests.support.models import tiny_llama_dir
+
+        tok = load_tokenizer(tiny_llama_dir())
+        base = timed(lambda: plain_tokens(small, tok))
+        ours = timed(lambda: inspect_file(small, tokenizer=tok, out_path=d / "out.jsonl"))
+        print(row("JSONL, SmolLM2 tokenizer", mb_small, ours, base, "apply_chat_template"))
+
+
+if __name__ == "__main__":
+    main()
