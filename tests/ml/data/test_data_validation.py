@@ -122,6 +122,17 @@ def test_jsonl_with_bom_crlf_and_blank_lines(tmp_path):
     assert r.ok and r.n_examples == 12
 
 
+def test_nul_byte_after_the_sniffed_head_is_located(tmp_path):
+    lines = [json.dumps(chat(i)) for i in range(12)]
+    lines.insert(0, json.dumps({"messages": [{"role": "user", "content": "x" * 70_000},
+                                             {"role": "assistant", "content": "y"}]}))
+    lines[9] = lines[9][:20] + "\x00" + lines[9][20:]
+    path = tmp_path / "n.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    r = inspect_file(path)
+    assert str(r.errors[0]) == "line 10: contains a NUL byte (column 21): this looks like binary data, not text"
+
+
 def test_one_line_json_array_streams_with_record_numbers(tmp_path):
     rows = [{"instruction": f"i{i}", "input": "", "output": f"o{i}"} for i in range(30)]
     rows[20]["output"] = 7
