@@ -83,7 +83,7 @@ class SinkCallback(TrainerCallback):
             batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
             self._log(
                 state,
-                f"Training started: {what}{state.max_steps} steps over {args.num_train_epochs:g} epochs, "
+                f"Training started: {what}{state.max_steps} steps over {state.num_train_epochs} epochs, "
                 f"batch size {batch}, learning rate {args.learning_rate:.3g}.",
                 {"n_examples": self.n_examples, "total_steps": state.max_steps, "batch_size": batch},
             )
@@ -92,11 +92,9 @@ class SinkCallback(TrainerCallback):
         if state.epoch and state.epoch % 1 > 1e-6:
             return  # resuming mid-epoch: the "resumed" event already said where
         epoch = int(state.epoch or 0) + 1
-        if epoch != self._epoch_reported and epoch <= math.ceil(args.num_train_epochs):
+        if epoch != self._epoch_reported and epoch <= state.num_train_epochs:
             self._epoch_reported = epoch
-            self._log(
-                state, f"Epoch {epoch} of {math.ceil(args.num_train_epochs)} started.", {"epoch": epoch}
-            )
+            self._log(state, f"Epoch {epoch} of {state.num_train_epochs} started.", {"epoch": epoch})
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw):
         self._step_started = time.monotonic()

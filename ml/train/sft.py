@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,6 +161,8 @@ def run_supervised(
     ckpt_dir = output_dir / CHECKPOINTS
     if cfg.deepspeed is not None:
         ensure_single_process_env()
+        # torch deprecation notices DeepSpeed triggers on every step; nothing the user can act on.
+        warnings.filterwarnings("ignore", message=r".*(reduce_scatter_tensor|all_gather_into_tensor).*")
     tokenizer = load_tokenizer(base_model)
     train = _load_split(tokenizer, train_file, cfg, "training", sink)
     if len(train) == 0:

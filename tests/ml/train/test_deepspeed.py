@@ -44,7 +44,7 @@ def run_launch(tiny_model_path, train: Path, out: Path, cfg: dict, control: str 
             str(out),
         ],
     )
-    p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    p = subprocess.run(argv, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     return json.loads((out / "result.json").read_text())
 
