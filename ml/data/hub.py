@@ -127,8 +127,15 @@ def load_hub_dataset(
         if first is None:
             return
         yield dict(first)
-        for row in rest:
-            yield dict(row)
+        n = 1
+        try:
+            for row in rest:
+                n += 1
+                yield dict(row)
+        except Exception as e:
+            raise DatasetSourceError(
+                f"reading dataset {name!r} failed after {n - 1} rows ({type(e).__name__}: {e})"
+            ) from e
 
     return rows()
 

@@ -130,6 +130,7 @@ class _Pass:
         self.dups = DuplicateCounter()
         self.tokens = TokenCounter(opts.tokenizer, opts.max_length) if opts.tokenizer is not None else None
         self.votes: Counter[str] = Counter()
+        self.dropped_tools: tuple[int, int | None, int | None] = (0, None, None)  # count, first line, record
         self.n_records = self.n_examples = self.n_skipped = 0
 
     def run(self, items: Iterable[RawItem], out) -> None:
@@ -158,7 +159,7 @@ class _Pass:
                         *loc,
                         None,
                         f"this record is in {seen.name} format {_keys(value)}, but the file is {self.spec.name} "
-                        "(detected from its first records); all records in one file must use the same format",
+                        "(the format of most of its first records); all records in one file must use one format",
                     )
                 )
                 return
@@ -189,6 +190,9 @@ class _Pass:
                 bad = self.tokens.add(rec)
                 if bad:
                     self.errors.add(Problem(*loc, None, bad))
+                elif self.tokens.dropped_tool_calls:
+                    n, line, record = self.dropped_tools
+                    self.dropped_tools = (n + 1, *(loc if n == 0 else (line, record)))
             self.n_examples += 1
 
     def majority(self) -> FormatSpec:
@@ -217,13 +221,26 @@ class _Pass:
                 )
             )
         stats = self.tokens.result() if self.tokens is not None else None
+        n_tools, line, record = self.dropped_tools
+        if n_tools:
+            self.warnings.add(
+                Problem(
+                    line,
+                    record,
+                    None,
+                    f"the base model's chat template does not render tool calls: in {n_tools} example"
+                    f"{'s' if n_tools > 1 else ''} the tool-call turns would train an empty reply; "
+                    "choose a base model whose chat template supports tools",
+                )
+            )
         if stats and stats["over_max_length"]:
             self.warnings.add(
                 Problem(
                     None,
                     None,
                     None,
-                    f"{stats['over_max_length']} examples ({stats['over_max_length_share']:.1%}) are longer than "
+                    f"{stats['over_max_length']} example{'s' if stats['over_max_length'] > 1 else ''} "
+                    f"({stats['over_max_length_share']:.1%}) {'are' if stats['over_max_length'] > 1 else 'is'} longer than "
                     f"max_length={opts.max_length} tokens and will be truncated",
                 )
             )

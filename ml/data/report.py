@@ -110,7 +110,9 @@ class ValidationReport:
             lines.append(f"... and {total - len(lines)} more {what}{'s' if total - len(lines) > 1 else ''}")
         return "; ".join(lines)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, max_problems: int | None = None) -> dict[str, Any]:
+        """JSON-ready form; max_problems caps the errors and warnings lists (totals stay exact)."""
+        cap = slice(None) if max_problems is None else slice(max_problems)
         return {
             "ok": self.ok,
             "format": self.format,
@@ -123,8 +125,8 @@ class ValidationReport:
             "min_examples": self.min_examples,
             "n_errors": self.n_errors,
             "n_warnings": self.n_warnings,
-            "errors": [p.to_dict() for p in self.errors],
-            "warnings": [p.to_dict() for p in self.warnings],
+            "errors": [p.to_dict() for p in self.errors[cap]],
+            "warnings": [p.to_dict() for p in self.warnings[cap]],
             "duplicates": self.duplicates,
             "token_stats": self.token_stats,
             "summary": self.summary(),

@@ -98,6 +98,8 @@ class TokenCounter:
         self.lengths = array("I")
         self._texts: list[str] = []
         self._groups: list[int] = []
+        # set by add(): this example has tool calls the chat template left out of the text
+        self.dropped_tool_calls = False
 
     def add(self, rec: Record) -> str | None:
         """Queue one example; returns an error message when the chat template cannot render it."""
@@ -105,6 +107,9 @@ class TokenCounter:
             texts = render_texts(self.tokenizer, rec)
         except Exception as e:  # noqa: BLE001 - jinja TemplateError, raise_exception(), odd tool schemas
             return f"the base model's chat template cannot render this example ({e})"
+        self.dropped_tool_calls = isinstance(rec, Conversation) and any(
+            call["function"]["name"] not in texts[0] for m in rec.messages for call in (m.tool_calls or ())
+        )
         self._texts += texts
         self._groups.append(len(texts))
         if len(self._groups) >= self.batch_size:

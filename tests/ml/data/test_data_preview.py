@@ -5,18 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from ml.data import inspect_file, preview
-from ml.models import load_tokenizer
 
 DATASETS = Path("/work/shared/datasets")
 VALID = Path(__file__).parents[2] / "fixtures" / "datasets" / "valid"
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_model_path):
-    return load_tokenizer(tiny_model_path)
 
 
 def canonical(tmp_path, path):

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from ml.data import Problem, inspect_file, inspect_rows
-from ml.models import load_tokenizer
 from ml.records import read_canonical
 
 DATASETS = Path("/work/shared/datasets")
@@ -27,11 +26,6 @@ def chat(i, last="assistant"):
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_model_path):
-    return load_tokenizer(tiny_model_path)
 
 
 # -- SFT or prompts: decided by the whole file ----------------------------------------------------------
@@ -124,13 +118,19 @@ def test_jsonl_with_bom_crlf_and_blank_lines(tmp_path):
 
 def test_nul_byte_after_the_sniffed_head_is_located(tmp_path):
     lines = [json.dumps(chat(i)) for i in range(12)]
-    lines.insert(0, json.dumps({"messages": [{"role": "user", "content": "x" * 70_000},
-                                             {"role": "assistant", "content": "y"}]}))
+    lines.insert(
+        0,
+        json.dumps(
+            {"messages": [{"role": "user", "content": "x" * 70_000}, {"role": "assistant", "content": "y"}]}
+        ),
+    )
     lines[9] = lines[9][:20] + "\x00" + lines[9][20:]
     path = tmp_path / "n.jsonl"
     path.write_text("\n".join(lines) + "\n")
     r = inspect_file(path)
-    assert str(r.errors[0]) == "line 10: contains a NUL byte (column 21): this looks like binary data, not text"
+    assert (
+        str(r.errors[0]) == "line 10: contains a NUL byte (column 21): this looks like binary data, not text"
+    )
 
 
 def test_one_line_json_array_streams_with_record_numbers(tmp_path):
@@ -160,6 +160,8 @@ def test_problem_lists_are_capped_but_totals_are_exact(tmp_path):
     r = inspect_file(path, max_errors=5)
     assert r.n_errors == 50 and len(r.errors) == 5
     assert r.summary(2).endswith("... and 48 more errors")
+    d = r.to_dict(max_problems=2)
+    assert len(d["errors"]) == 2 and d["n_errors"] == 50 and d["ok"] is False
 
 
 def test_min_examples_is_a_parameter(tmp_path):
@@ -238,3 +240,19 @@ def test_examples_the_chat_template_cannot_render_are_errors(tok):
 def test_tokenizer_may_be_given_as_a_path(tiny_model_path):
     r = inspect_rows([chat(i) for i in range(10)], tokenizer=tiny_model_path)
     assert r.ok and r.token_stats["n"] == 10
+
+
+def test_tool_calls_the_template_drops_are_flagged(tok):
+    r = inspect_file(DATASETS / "openai_chat_toolcall_train.jsonl", tokenizer=tok)
+    assert r.ok
+    assert str(r.warnings[-1]).startswith(
+        "line 1: the base model's chat template does not render tool calls: in 36 examples"
+    )
+    with_tools = copy.deepcopy(tok)
+    with_tools.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+        "{% for c in m.get('tool_calls') or [] %}<call>{{ c['function']['name'] }}({{ c['function']['arguments'] }})"
+        "</call>{% endfor %}<|im_end|>\n{% endfor %}"
+    )
+    r = inspect_file(DATASETS / "openai_chat_toolcall_train.jsonl", tokenizer=with_tools)
+    assert r.ok and not r.warnings
