@@ -5,13 +5,15 @@ inspect_hub_dataset, preview, the FORMATS registry, Problem and ValidationReport
 rendering for training lives in ml.data.render (imported lazily by preview, which needs it).
 """
 
+from __future__ import annotations
+
 from ml.data.formats import FORMATS, FormatSpec, detect_record
 from ml.data.hub import DatasetSourceError, inspect_hub_dataset, load_hub_dataset
 from ml.data.inspect import inspect_file, inspect_rows
 from ml.data.report import Problem, ValidationReport
 
 
-def preview(canonical_path, kind, tokenizer, n=5, max_length=None):
+def preview(canonical_path, kind: str, tokenizer, n: int = 5, max_length: int | None = None) -> list[dict]:
     """First n canonical records rendered with learned spans marked (see ml.data.preview.preview)."""
     from ml.data.preview import preview as _preview
 
