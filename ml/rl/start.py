@@ -141,3 +141,20 @@ def _save_stacked(policy, start: StartPoint, out: Path) -> None:
         for f in sub.iterdir():
             f.replace(out / f.name)
         sub.rmdir()
+
+
+def materialize(start: StartPoint, folder: str | Path) -> StartPoint:
+    """A full-model StartPoint: `start` as is, or its merged SFT model written once into `folder`.
+
+    Needed where a library re-loads the starting model by path (trl's full fine-tuning reference).
+    """
+    if start.adapter is None:
+        return start
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        from ml.train.checkpoints import atomic_dir
+
+        with atomic_dir(folder) as tmp:
+            load_start_causal_lm(start).save_pretrained(str(tmp))
+            load_start_tokenizer(start).save_pretrained(str(tmp))
+    return StartPoint(base=folder)
