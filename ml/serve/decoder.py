@@ -79,11 +79,15 @@ class _Layer:
 class LoraBatch:
     """The LoRA side of one batch: stacked weights of the active adapters and each row's owner."""
 
-    def __init__(self, stacks: list[dict[str, StackedLora | None]], row_adapter: torch.Tensor, dtype):
+    def __init__(
+        self, stacks: list[dict[str, StackedLora | None]], row_adapter: torch.Tensor, n_active: int, dtype
+    ) -> None:
         self.stacks = stacks
         self._row = row_adapter  # [n] index into the active list, -1 = base
         self._dtype = dtype
         self._masks: dict[int, torch.Tensor] = {}
+        # every row on the one active adapter: no masking needed
+        self._uniform = n_active == 1 and bool((row_adapter == 0).all())
 
     def mask(self, owner: torch.Tensor) -> torch.Tensor:
         m = self._masks.get(id(owner))
@@ -93,10 +97,15 @@ class LoraBatch:
         return m
 
     def add(self, y: torch.Tensor, x: torch.Tensor, layer: int, group: str) -> torch.Tensor:
+        """y += LoRA(x) for each row's own adapter, in place (y is a fresh projection output)."""
         s = self.stacks[layer].get(group)
         if s is None:
             return y
-        return y + torch.matmul(torch.matmul(x, s.a) * self.mask(s.owner), s.b)
+        xa = torch.matmul(x, s.a)  # [n, T, R]
+        if not self._uniform:
+            xa = xa * self.mask(s.owner)
+        y.view(-1, y.shape[-1]).addmm_(xa.view(-1, xa.shape[-1]), s.b)
+        return y
 
 
 class DecoderRunner:
@@ -185,6 +194,26 @@ class DecoderRunner:
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
 
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, hide: torch.Tensor):
+        """q [n, T, nh, hd] against keys/values [n, kvh, L, hd] -> [n, T, nh * hd]. Query heads that
+        share a kv head are batched against it (no repeat_kv copy); softmax runs in fp32 like HF."""
+        n, t = q.shape[:2]
+        nh, kvh, hd, g = self.num_heads, self.kv_heads, self.head_dim, self.groups_per_kv
+        length = keys.shape[2]
+        if t == 1 and self.dtype != torch.float32:
+            # Decode in 16-bit: keys @ q^T (M = L) runs far faster than q @ keys^T (M = g) on CPU.
+            qd = (q * self.scale).view(n, kvh, g, hd)
+            scores = torch.matmul(keys, qd.transpose(-1, -2))  # [n, kvh, L, g]
+            scores = scores.masked_fill(hide.view(n, 1, length, 1), float("-inf"))
+            probs = torch.softmax(scores, dim=2, dtype=torch.float32).to(self.dtype)
+            return torch.matmul(probs.transpose(-1, -2), values).view(n, 1, nh * hd)
+        qh = (q * self.scale).view(n, t, kvh, g, hd).permute(0, 2, 3, 1, 4).reshape(n, kvh, g * t, hd)
+        scores = torch.matmul(qh, keys.transpose(-1, -2)).view(n, kvh, g, t, length)
+        scores = scores.masked_fill(hide[:, None, None], float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
+        attn = torch.matmul(probs.view(n, kvh, g * t, length), values)  # [n, kvh, g*T, hd]
+        return attn.view(n, kvh, g, t, hd).permute(0, 3, 1, 2, 4).reshape(n, t, nh * hd)
+
     @torch.inference_mode()
     def forward(
         self,
@@ -205,11 +234,10 @@ class DecoderRunner:
         whose next-token logits are returned as float32 [m, vocab].
         """
         n, t = ids.shape
-        nh, kvh, hd, g = self.num_heads, self.kv_heads, self.head_dim, self.groups_per_kv
+        nh, kvh, hd = self.num_heads, self.kv_heads, self.head_dim
         cos = self.cos[pos].unsqueeze(2)  # [n, T, 1, hd]
         sin = self.sin[pos].unsqueeze(2)
-        keep = torch.arange(attn_len)[None, None, :] <= pos[:, :, None]  # [n, T, L]
-        hide = ~keep[:, None, None]  # [n, 1, 1, T, L]
+        hide = torch.arange(attn_len)[None, None, :] > pos[:, :, None]  # [n, T, L] keys not visible
         r0 = int(rows[0]) if contiguous_rows else 0
         row_ix = rows[:, None]
         x = self.embed(ids).to(self.dtype)
@@ -234,13 +262,7 @@ class DecoderRunner:
                 keys, values = kc[r0 : r0 + n, :, :attn_len], vc[r0 : r0 + n, :, :attn_len]
             else:
                 keys, values = kc[rows, :, :attn_len], vc[rows, :, :attn_len]
-            # q [n, T, nh, hd] -> [n, kvh, g*T, hd]: grouped heads share their kv head, no repeat.
-            qh = (q * self.scale).view(n, t, kvh, g, hd).permute(0, 2, 3, 1, 4).reshape(n, kvh, g * t, hd)
-            scores = torch.matmul(qh, keys.transpose(-1, -2)).view(n, kvh, g, t, attn_len)
-            scores = scores.masked_fill(hide, float("-inf"))
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
-            attn = torch.matmul(probs.view(n, kvh, g * t, attn_len), values)  # [n, kvh, g*T, hd]
-            attn = attn.view(n, kvh, g, t, hd).permute(0, 3, 1, 2, 4).reshape(n, t, nh * hd)
+            attn = self._attend(q, keys, values, hide)
             o = layer.o(attn)
             if lora is not None:
                 o = lora.add(o, attn, li, "o")

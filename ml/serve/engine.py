@@ -348,7 +348,7 @@ class Engine:
             self._stacks[key] = hit
         index = {n: i for i, n in enumerate(names)}
         row_adapter = torch.tensor([index.get(s.adapter_name, -1) for s in seqs], dtype=torch.long)
-        return LoraBatch(hit[1], row_adapter, self.torch_dtype)
+        return LoraBatch(hit[1], row_adapter, len(names), self.torch_dtype)
 
     def _prefill_step(self) -> None:
         pending = sorted(
