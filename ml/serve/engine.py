@@ -15,6 +15,7 @@ import itertools
 import logging
 import threading
 import uuid
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,8 @@ class Engine:
         self.model_id = model_id or str(base_model_path)
         self.base_model_path = Path(base_model_path)
         self.torch_dtype = TORCH_DTYPES[dtype]
+        if quantization == "8bit":  # bitsandbytes warns on every 8-bit matmul (STACK.md)
+            warnings.filterwarnings("ignore", message="MatMul8bitLt")
         self.tokenizer = load_tokenizer(base_model_path)
         self.model = load_causal_lm(base_model_path, dtype=dtype, quantization=quantization).eval()
         cfg = self.model.config
@@ -121,7 +124,9 @@ class Engine:
         self._decoding = 0  # D
         self._prefilling = 0  # P
         self._order = itertools.count()
+        # stacked LoRA weights per set of active adapters; scheduler thread only
         self._stacks: dict[tuple[str, ...], tuple[list[LoraAdapter], list]] = {}
+        self._stacks_generation = 0
         self._closed = False
         self._prompt_tokens_total = 0
         self._generated_total = 0
@@ -142,8 +147,6 @@ class Engine:
     def unload_adapter(self, name: str) -> None:
         """Forget an adapter. Running sequences finish with the weights they started with."""
         self.adapters.unregister(name)
-        with self._lock:
-            self._stacks.clear()
 
     def submit(self, req: GenerationRequest) -> RequestHandle:
         validate_request(req, self.vocab_size)
@@ -276,26 +279,38 @@ class Engine:
             s.handle._push(self._final(s, "", "cancelled"))
 
     def _admit(self) -> None:
-        while self._decoding + self._prefilling < self.max_batch_size:
-            with self._lock:
-                if not self._waiting:
-                    return
-                seq = self._waiting.popleft()
+        """Move waiting requests into free rows, oldest first. A request whose adapter cannot be
+        loaded yet (the cache is full of adapters in use) is skipped, not allowed to block the rest."""
+        free = self.max_batch_size - self._decoding - self._prefilling
+        if free <= 0:
+            return
+        with self._lock:
+            candidates = list(self._waiting)
+        taken: list[_Seq] = []
+        for seq in candidates:
+            if free == 0:
+                break
+            if seq.handle.cancelled:
+                continue  # reaped at the next step
             if seq.adapter_name is not None:
                 pinned = {s.adapter_name for s in self._rows if s is not None and s.adapter_name}
                 try:
                     seq.adapter = self.adapters.acquire(seq.adapter_name, pinned)
-                except Exception as exc:  # noqa: BLE001 -- unknown now, unreadable or foreign weights: fail this one
+                except Exception as exc:  # noqa: BLE001 -- unknown now, unreadable or foreign weights
+                    taken.append(seq)
                     seq.handle._push(self._final(seq, "", "error", error=str(exc)))
                     continue
-                if seq.adapter is None:  # every cached adapter is in use: wait for one to free up
-                    with self._lock:
-                        self._waiting.appendleft(seq)
-                    return
-            row = self._decoding + self._prefilling
-            seq.row = row
-            self._rows[row] = seq
+                if seq.adapter is None:
+                    continue
+            taken.append(seq)
+            seq.row = self._decoding + self._prefilling
+            self._rows[seq.row] = seq
             self._prefilling += 1
+            free -= 1
+        if taken:
+            gone = set(map(id, taken))
+            with self._lock:
+                self._waiting = deque(s for s in self._waiting if id(s) not in gone)
 
     # ---- rows -----------------------------------------------------------------------------------
     def _place(self, seq: _Seq, row: int) -> None:
@@ -340,6 +355,9 @@ class Engine:
             return None
         key = tuple(names)
         adapters = [next(s.adapter for s in seqs if s.adapter_name == n) for n in names]
+        if self._stacks_generation != self.adapters.generation:  # drop stacks of dropped adapters
+            self._stacks.clear()
+            self._stacks_generation = self.adapters.generation
         hit = self._stacks.get(key)
         if hit is None or any(a is not b for a, b in zip(hit[0], adapters)):
             if len(self._stacks) >= 8:

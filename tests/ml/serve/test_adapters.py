@@ -25,6 +25,18 @@ def test_lru_cache_of_one_still_serves_both(make_engine, reference, prompts):
         assert h.result(timeout=120).token_ids == reference.greedy(prompts[1], 12, a)
 
 
+def test_request_waiting_for_an_adapter_does_not_block_others(make_engine, reference, prompts):
+    eng = make_engine(adapter_cache_size=1, max_batch_size=2, start=False)
+    alpha = eng.submit(greedy(prompts[1], "alpha", n=60))
+    beta = eng.submit(greedy(prompts[0], "beta"))  # alpha holds the only adapter slot
+    base = eng.submit(greedy(prompts[2], None, n=5))
+    eng.start()
+    assert base.result(timeout=60).token_ids == reference.greedy(prompts[2], 5)
+    assert not alpha.done and not beta.done
+    assert alpha.result(timeout=60).token_ids == reference.greedy(prompts[1], 60, "alpha")
+    assert beta.result(timeout=60).token_ids == reference.greedy(prompts[0], 12, "beta")
+
+
 def test_unload_adapter(make_engine, prompts):
     eng = make_engine()
     eng.generate(greedy(prompts[0], "beta"))

@@ -98,3 +98,19 @@ def test_cache_growth_keeps_contents(make_engine, reference, prompts):
     p = prompts[1]
     out = eng.generate(GenerationRequest(p, max_tokens=300, temperature=0, stop_token_ids=[]))
     assert out.token_ids == reference.greedy(p, 300, eos=False)
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_quantized_base_matches_generate_of_the_same_quantized_model(
+    lively_model_path, prompts, quantization
+):
+    import torch
+
+    from ml.models import load_causal_lm
+    from ml.serve import Engine
+
+    ref = load_causal_lm(lively_model_path, quantization=quantization).eval()
+    with Engine(lively_model_path, quantization=quantization, max_total_tokens=256) as eng:
+        p = prompts[1]
+        want = ref.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False, pad_token_id=0)
+        assert eng.generate(greedy(p, n=16)).token_ids == want[0, len(p) :].tolist()
