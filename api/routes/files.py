@@ -78,7 +78,7 @@ def _validate_and_store(session: Session, storage: Storage, project: Project, fi
             storage.put_stream(canonical_key, f)
     row = StoredFile(id=file_id, project_id=project.id, filename=filename, purpose=purpose, bytes=nbytes,
                      status="processed", format=report.format, kind=report.kind,
-                     n_examples=report.n_examples, report=report.to_dict(), storage_key=raw_key,
+                     n_examples=report.n_examples, report=report.to_dict(max_problems=50), storage_key=raw_key,
                      canonical_key=canonical_key)
     session.add(row)
     session.flush()
