@@ -47,3 +47,59 @@ def _update_hyperparameters(job_id: str, resolved) -> None:
 
 
 METHODS = {"supervised": run_supervised_job}
+
+
+def _start_path(ctx: JobContext):
+    """Folder the RL recipes start from: a base/full model folder or an SFT adapter folder."""
+    return ctx.model_path(ctx.base)
+
+
+def _record_rl(ctx: JobContext, res, kind: str) -> None:
+    job = ctx.job
+    if res.status != "succeeded":
+        record_stopped(job.id, res.status, res.steps)
+        return
+    record_success(ctx, kind=kind, folder_key=f"jobs/{job.id}/model", is_adapter=res.is_adapter,
+                   trained_tokens=None, result={"steps": res.steps, "metrics": res.metrics, "method": res.method})
+
+
+def run_preference_job(ctx: JobContext, sink) -> None:
+    """reward_model and dpo: offline training on a preference file."""
+    from ml.rl.dpo import run_dpo
+    from ml.rl.reward import run_reward_model
+
+    job = ctx.job
+    mtype = job.method["type"]
+    cfg = replace(config_for(job.method), seed=job.seed)
+    fn = run_reward_model if mtype == "reward_model" else run_dpo
+    res = fn(cfg, _start_path(ctx), ctx.file_path(job.training_file), ctx.file_path(job.validation_file),
+             ctx.output_dir, sink, resume=True)
+    if mtype == "reward_model" and res.status == "succeeded" and "valid_accuracy" in res.metrics:
+        sink.log(f"Reward model pairwise accuracy on the validation file: {res.metrics['valid_accuracy']:.3f}",
+                 data={k: v for k, v in res.metrics.items() if k.startswith("valid_")})
+    _record_rl(ctx, res, "reward_model" if mtype == "reward_model" else "fine_tuned")
+
+
+def run_online_job(ctx: JobContext, sink) -> None:
+    """ppo, rloo, grpo: the policy samples replies to the prompts file, a trained reward model scores them."""
+    from ml.rl.online import run_grpo, run_rloo
+    from ml.rl.ppo import run_ppo
+
+    from chatforge.db.models import Model
+
+    job = ctx.job
+    mtype = job.method["type"]
+    cfg = replace(config_for(job.method), seed=job.seed)
+    with session_scope() as s:
+        rm = s.get(Model, (job.extra_files or {}).get("reward_model"))
+        if rm is None or rm.kind != "reward_model":
+            raise JobInputError("the reward model of this job no longer exists", param=f"method.{mtype}.reward_model")
+        s.expunge(rm)
+    fn = {"ppo": run_ppo, "rloo": run_rloo, "grpo": run_grpo}[mtype]
+    res = fn(cfg, _start_path(ctx), ctx.file_path(job.training_file), ctx.model_path(rm), ctx.output_dir, sink,
+             resume=True)
+    _record_rl(ctx, res, "fine_tuned")
+
+
+METHODS.update({"reward_model": run_preference_job, "dpo": run_preference_job,
+                "ppo": run_online_job, "rloo": run_online_job, "grpo": run_online_job})
