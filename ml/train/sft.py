@@ -31,6 +31,7 @@ from ml.train.checkpoints import (
     latest_checkpoint,
 )
 from ml.train.distributed import deepspeed_config, ensure_single_process_env, world_size
+from ml.train.loss import learned_only_loss, supports_learned_only_loss
 from ml.train.trainable import bf16_supported, count_parameters, load_trainable_model, save_trained
 
 CHECKPOINTS = "checkpoints"
@@ -71,6 +72,22 @@ class SupervisedTrainer(AtomicCheckpointMixin, Trainer):
                 n = self.accelerator.reduce(n, reduction="sum")
             self.state.num_input_tokens_seen += int(n.item())
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Project only learned positions onto the vocabulary (ml.train.loss); single process only,
+        # because calling the decoder directly bypasses the DDP/DeepSpeed wrappers' forward.
+        fast = (
+            not return_outputs
+            and num_items_in_batch is not None
+            and not self.is_deepspeed_enabled
+            and self.accelerator.num_processes == 1
+            and supports_learned_only_loss(model)
+        )
+        self.loss_is_scaled_for_ga = True if fast else None
+        if not fast:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        with self.accelerator.autocast():  # accelerate autocasts model.forward, which this bypasses
+            return learned_only_loss(model, inputs, num_items_in_batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs.pop("n_tokens", None)

@@ -242,3 +242,25 @@ def test_resume_false_starts_over(tiny_model_path, word_data, tmp_path):
     sink = StopAtSink()
     r = run_supervised(c, tiny_model_path, train, None, tmp_path / "out", sink, resume=False)
     assert r.steps == 4 and sink.metric_steps() == [1, 2, 3, 4]
+
+
+def test_gradient_accumulation_matches_one_big_micro_batch(tiny_model_path, word_data, tmp_path):
+    from safetensors.torch import load_file
+
+    train, _ = word_data
+    outs = []
+    for micro in (8, 2):
+        c = cfg(batch_size=8, micro_batch_size=micro, max_steps=3, learning_rate=2e-2)
+        sink = StopAtSink()
+        r = run_supervised(c, tiny_model_path, train, None, tmp_path / f"m{micro}", sink)
+        assert r.config.gradient_accumulation == 8 // micro
+        outs.append((sink, load_file(r.model_dir / "adapter_model.safetensors")))
+    (s8, a), (s2, b) = outs
+    # Same loss and same gradient norm each step: accumulated micro-batches are normalised by the
+    # learned tokens of the whole batch, not averaged per micro-batch.
+    for key in ("train_loss", "grad_norm"):
+        x = [v[key] for _, v in s8.steps if key in v]
+        y = [v[key] for _, v in s2.steps if key in v]
+        assert len(x) == 3 and x == pytest.approx(y, rel=1e-4), key
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=2e-4)
