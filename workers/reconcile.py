@@ -80,10 +80,8 @@ def reconcile_once(settings: Settings) -> dict:
 
 
 def _advance_pipelines() -> None:
-    try:
-        from workers.pipelines import advance_all
-    except ModuleNotFoundError:
-        return
+    from chatforge.pipelines import advance_all
+
     advance_all()
 
 

@@ -168,7 +168,18 @@ def main(job_id: str, owner: str) -> int:
     except Exception as e:  # a bug or an unexpected library error: fail clearly, do not retry
         traceback.print_exc()
         fail(job_id, f"{type(e).__name__}: {e}", "training_error")
+    _after(job_id)
     return 0
+
+
+def _after(job_id: str) -> None:
+    """A finished pipeline stage starts the next one."""
+    with session_scope() as s:
+        pipeline_id = s.get(FineTuningJob, job_id).pipeline_id
+    if pipeline_id:
+        from chatforge.pipelines import advance_pipeline
+
+        advance_pipeline(pipeline_id)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,10 @@ def _file(session: Session, project: Project, file_id: str | None, param: str, k
     return f
 
 
-def create_job(session: Session, project: Project, req: dict[str, Any]) -> FineTuningJob:
+def create_job(session: Session, project: Project, req: dict[str, Any], *, pipeline_id: str | None = None,
+               stage: int | None = None, waiting: bool = False) -> FineTuningJob:
+    """Validate a job request and write the row. `waiting`: a later pipeline stage whose inputs (start
+    model, reward model) are filled in when the stage before it succeeds."""
     method = dict(req.get("method") or {"type": "supervised"})
     mtype = method.get("type", "supervised")
     if mtype not in METHOD_KINDS:
@@ -65,13 +68,16 @@ def create_job(session: Session, project: Project, req: dict[str, Any]) -> FineT
     extra_files: dict[str, Any] = {}
     if mtype in ONLINE_RL:
         rm_id = extras.get("reward_model")
-        if not rm_id:
+        if waiting:
+            pass
+        elif not rm_id:
             raise BadRequest(f"method.{mtype}.reward_model is required: the id of a reward model job's result",
                              param=f"method.{mtype}.reward_model")
-        rm = visible_model(session, project, rm_id)
-        if rm.kind != "reward_model":
-            raise BadRequest(f"{rm_id} is not a reward model", param=f"method.{mtype}.reward_model")
-        extra_files["reward_model"] = rm.id
+        else:
+            rm = visible_model(session, project, rm_id)
+            if rm.kind != "reward_model":
+                raise BadRequest(f"{rm_id} is not a reward model", param=f"method.{mtype}.reward_model")
+            extra_files["reward_model"] = rm.id
     elif extras.get("reward_model"):
         raise BadRequest("reward_model is only used by ppo, rloo and grpo", param=f"method.{mtype}.reward_model")
 
@@ -94,6 +100,7 @@ def create_job(session: Session, project: Project, req: dict[str, Any]) -> FineT
         validation_file=valid.id if valid else None, extra_files=extra_files, suffix=suffix,
         seed=int(req.get("seed") if req.get("seed") is not None else getattr(config, "seed", 42)),
         user_metadata=metadata, status="validating_files", requires=requires,
+        pipeline_id=pipeline_id, pipeline_stage=stage,
     )
     session.add(job)
     session.flush()
@@ -105,6 +112,10 @@ def create_job(session: Session, project: Project, req: dict[str, Any]) -> FineT
               + (f", {valid.n_examples} validation examples" if valid else ""),
               data={"training_examples": train.n_examples,
                     "validation_examples": valid.n_examples if valid else None})
+    if waiting:
+        job.status = "waiting"
+        add_event(session, job.id, f"Waiting for pipeline stage {stage} to succeed.")
+        return job
     job.status = "queued"
     job.enqueued_at = utcnow()
     add_event(session, job.id, f"Job queued: {mtype} on {base.id}")
