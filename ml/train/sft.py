@@ -8,6 +8,7 @@ It knows nothing about jobs, databases or HTTP; see ml.train.launch for a comman
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import warnings
@@ -25,6 +26,7 @@ from ml.models import load_tokenizer
 from ml.train.batches import PackedCollator, PaddedCollator, TokenizedSplit, tokenize_file
 from ml.train.callbacks import SinkCallback
 from ml.train.checkpoints import (
+    COMPLETE_MARKER,
     AtomicCheckpointMixin,
     clean_partial,
     complete_checkpoints,
@@ -136,6 +138,27 @@ def _training_args(cfg: SupervisedConfig, ckpt_dir: Path, has_valid: bool) -> Tr
     )
 
 
+# Changing these between a checkpoint and its resume does not change what is being trained.
+_RESUME_TOLERANT = {"eval_interval", "checkpoint_interval", "keep_checkpoints"}
+
+
+def _check_same_run(checkpoint: Path, cfg: SupervisedConfig, base_model: Path) -> None:
+    """Refuse to resume a checkpoint written for another base model or other hyperparameters."""
+    info = json.loads((checkpoint / COMPLETE_MARKER).read_text())
+    if info.get("base_model") not in (None, str(base_model)):
+        raise ValueError(
+            f"{checkpoint} was trained from {info['base_model']}, not {base_model}; use resume=False"
+        )
+    saved = info.get("config") or {}
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k in saved and k not in _RESUME_TOLERANT and saved[k] != now[k])
+    if changed:
+        raise ValueError(
+            f"{checkpoint} was written with different settings ({', '.join(changed)}); "
+            "resume with the same configuration and data, or start over with resume=False"
+        )
+
+
 def _load_split(
     tokenizer, path: Path | None, cfg: SupervisedConfig, name: str, sink: JobSink
 ) -> TokenizedSplit | None:
@@ -198,6 +221,8 @@ def run_supervised(
             for _, p in complete_checkpoints(ckpt_dir):
                 shutil.rmtree(p)
     start_from = latest_checkpoint(ckpt_dir) if resume else None
+    if start_from is not None:
+        _check_same_run(start_from, resolved, base_model)
 
     model = load_trainable_model(
         base_model,
@@ -231,7 +256,7 @@ def run_supervised(
     )
     for noisy in (PrinterCallback, ProgressCallback):  # the sink reports progress; no stdout dicts
         trainer.remove_callback(noisy)
-    trainer.checkpoint_info = {"base_model": str(base_model), "adapter": resolved.adapter}
+    trainer.checkpoint_info = {"base_model": str(base_model), "config": resolved.to_dict()}
     trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
 
     state = trainer.state

@@ -264,3 +264,37 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tiny_model_path, word
         assert len(x) == 3 and x == pytest.approx(y, rel=1e-4), key
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize(("adapter", "bf16", "checkpointing"), [("lora", True, True), ("full", True, False)])
+def test_bf16_and_gradient_checkpointing_train(
+    tiny_model_path, word_data, tmp_path, adapter, bf16, checkpointing
+):
+    train, _ = word_data
+    snap, sink = Snapshot(), StopAtSink()
+    c = cfg(adapter=adapter, bf16=bf16, gradient_checkpointing=checkpointing, max_steps=2, learning_rate=1e-2)
+    r = run_supervised(c, tiny_model_path, train, None, tmp_path / "out", sink, callbacks=[snap])
+    assert r.status == "succeeded" and r.config.bf16 is bf16
+    assert all(torch.isfinite(torch.tensor(x)) for x in train_losses(sink))
+    changed = [n for n in snap.trainable if not torch.equal(snap.before[n], snap.after[n])]
+    assert changed and all(snap.after[n].dtype == torch.float32 for n in changed)  # master weights stay fp32
+
+
+def test_resume_refuses_a_checkpoint_from_other_settings(tiny_model_path, word_data, tmp_path):
+    train, _ = word_data
+    c = cfg(max_steps=4, learning_rate=1e-3, checkpoint_interval=2)
+    run_supervised(c, tiny_model_path, train, None, tmp_path / "out", StopAtSink("pause", at=1))
+    with pytest.raises(ValueError, match="learning_rate"):
+        run_supervised(
+            cfg(max_steps=4, learning_rate=5e-3), tiny_model_path, train, None, tmp_path / "out", StopAtSink()
+        )
+    # Checkpoint cadence may change between runs.
+    r = run_supervised(
+        cfg(max_steps=4, learning_rate=1e-3, checkpoint_interval=3),
+        tiny_model_path,
+        train,
+        None,
+        tmp_path / "out",
+        StopAtSink(),
+    )
+    assert r.status == "succeeded" and r.steps == 4
