@@ -77,14 +77,15 @@ class _Layer:
 
 
 class LoraBatch:
-    """The LoRA side of one batch: stacked weights of the active adapters and each row's owner."""
+    """The LoRA side of one batch: stacked weights of the active adapters and each row's owner.
 
-    def __init__(
-        self, stacks: list[dict[str, StackedLora | None]], row_adapter: torch.Tensor, n_active: int, dtype
-    ) -> None:
+    LoRA math runs in float32 whatever the model dtype (as peft does by default): the matrices are
+    tiny, and small float32 matmuls are also 2-3x cheaper than bf16 ones on CPU.
+    """
+
+    def __init__(self, stacks: list[dict[str, StackedLora | None]], row_adapter: torch.Tensor, n_active: int):
         self.stacks = stacks
         self._row = row_adapter  # [n] index into the active list, -1 = base
-        self._dtype = dtype
         self._masks: dict[int, torch.Tensor] = {}
         # every row on the one active adapter: no masking needed
         self._uniform = n_active == 1 and bool((row_adapter == 0).all())
@@ -92,7 +93,7 @@ class LoraBatch:
     def mask(self, owner: torch.Tensor) -> torch.Tensor:
         m = self._masks.get(id(owner))
         if m is None:
-            m = (self._row[:, None] == owner[None, :]).to(self._dtype)[:, None, :]  # [n, 1, R]
+            m = (self._row[:, None] == owner[None, :]).float()[:, None, :]  # [n, 1, R]
             self._masks[id(owner)] = m
         return m
 
@@ -101,10 +102,17 @@ class LoraBatch:
         s = self.stacks[layer].get(group)
         if s is None:
             return y
-        xa = torch.matmul(x, s.a)  # [n, T, R]
+        xa = torch.matmul(x.float(), s.a)  # [n, T, R]
         if not self._uniform:
             xa = xa * self.mask(s.owner)
-        y.view(-1, y.shape[-1]).addmm_(xa.view(-1, xa.shape[-1]), s.b)
+        xa, y2 = xa.view(-1, xa.shape[-1]), y.view(-1, y.shape[-1])
+        same = y.dtype == torch.float32
+        for c0, c1, o0, o1, b in s.parts:
+            out = y2 if o1 - o0 == y2.shape[1] else y2[:, o0:o1]
+            if same:
+                out.addmm_(xa[:, c0:c1], b)
+            else:
+                out.add_(torch.matmul(xa[:, c0:c1], b))
         return y
 
 
@@ -178,7 +186,7 @@ class DecoderRunner:
             per = {}
             for g, parts in GROUPS.items():
                 named = [(p, self.proj_shapes[p][1]) for p in parts]
-                per[g] = stack_group(adapters, i, named, self.proj_shapes[parts[0]][0], self.dtype, owners)
+                per[g] = stack_group(adapters, i, named, owners)
             stacks.append(per)
         return stacks
 

@@ -223,9 +223,7 @@ class Engine:
 
     # ---- setup helpers --------------------------------------------------------------------------
     def _read_adapter(self, name: str, path: Path) -> LoraAdapter:
-        return read_lora_adapter(
-            name, path, self.torch_dtype, self.runner.proj_shapes, self.runner.num_layers
-        )
+        return read_lora_adapter(name, path, self.runner.proj_shapes, self.runner.num_layers)
 
     def _eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()
@@ -366,7 +364,7 @@ class Engine:
             self._stacks[key] = hit
         index = {n: i for i, n in enumerate(names)}
         row_adapter = torch.tensor([index.get(s.adapter_name, -1) for s in seqs], dtype=torch.long)
-        return LoraBatch(hit[1], row_adapter, len(names), self.torch_dtype)
+        return LoraBatch(hit[1], row_adapter, len(names))
 
     def _prefill_step(self) -> None:
         pending = sorted(

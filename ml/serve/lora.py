@@ -40,7 +40,7 @@ class LoraAdapter:
     name: str
     path: Path
     base_model: str | None
-    # (layer index, projection name e.g. "q_proj") -> (A [in, r], B [r, out] * scaling)
+    # (layer index, projection name e.g. "q_proj") -> float32 (A [in, r], B [r, out] * scaling)
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
 
     @property
@@ -89,9 +89,9 @@ def _load_state_dict(d: Path) -> dict[str, torch.Tensor]:
 
 
 def read_lora_adapter(
-    name: str, path: str | Path, dtype: torch.dtype, shapes: dict[str, tuple[int, int]], num_layers: int
+    name: str, path: str | Path, shapes: dict[str, tuple[int, int]], num_layers: int
 ) -> LoraAdapter:
-    """Read a PEFT LoRA folder. `shapes` maps projection name -> (in, out) of the base model, used to
+    """Read a PEFT LoRA folder into float32 tensors. `shapes` maps projection name -> (in, out) of the base model, used to
     check the adapter really belongs to this architecture."""
     from peft.utils.other import get_pattern_key
 
@@ -125,8 +125,8 @@ def read_lora_adapter(
         pat = get_pattern_key(list(alpha_pattern), module_key) if alpha_pattern else None
         alpha = float(alpha_pattern.get(pat, alpha_default)) if pat else alpha_default
         scaling = alpha / (math.sqrt(r) if rslora else r)
-        a_t = a.to(torch.float32).t().contiguous().to(dtype)
-        b_t = (b.to(torch.float32).t() * scaling).contiguous().to(dtype)
+        a_t = a.to(torch.float32).t().contiguous()
+        b_t = (b.to(torch.float32).t() * scaling).contiguous()
         weights[(layer, proj)] = (a_t, b_t)
     if not weights:
         raise UnsupportedAdapter(f"{d}: adapter has no LoRA weights")
@@ -204,19 +204,22 @@ class AdapterRegistry:
 
 @dataclass
 class StackedLora:
-    """One fused projection's LoRA for a set of active adapters: x @ a -> mask by owner -> @ b."""
+    """One fused projection group's LoRA for a set of active adapters.
+
+    x @ a gives every adapter's rank activations side by side (columns grouped by projection, then
+    adapter); rows are masked to their own adapter's columns; then each projection's slice of
+    columns is multiplied by its stacked B ([R_p, out_p], no zero blocks) into its output columns.
+    """
 
     a: torch.Tensor  # [in, R]
-    b: torch.Tensor  # [R, out_total]
     owner: torch.Tensor  # [R] index into the active adapter list
+    parts: list[tuple[int, int, int, int, torch.Tensor]]  # (col0, col1, out0, out1, B [R_p, out_p])
 
 
 def stack_group(
     adapters: list[LoraAdapter],
     layer: int,
     parts: list[tuple[str, int]],
-    fan_in: int,
-    dtype: torch.dtype,
     owners: dict[tuple[int, ...], torch.Tensor],
 ) -> StackedLora | None:
     """Stack every active adapter's LoRA for the projections `parts` ([(name, out_features)], fused
@@ -225,28 +228,25 @@ def stack_group(
     `owners` interns identical owner vectors so a step builds one mask per distinct layout.
     """
     a_cols: list[torch.Tensor] = []
-    b_blocks: list[tuple[torch.Tensor, int]] = []  # (B, column offset)
     owner: list[int] = []
-    for idx, ad in enumerate(adapters):
-        offset = 0
-        for proj, out in parts:
+    stacked: list[tuple[int, int, int, int, torch.Tensor]] = []
+    col = out0 = 0
+    for proj, out in parts:
+        bs = []
+        start = col
+        for idx, ad in enumerate(adapters):
             w = ad.weights.get((layer, proj))
             if w is not None:
                 a_cols.append(w[0])
-                b_blocks.append((w[1], offset))
+                bs.append(w[1])
                 owner.extend([idx] * w[0].shape[1])
-            offset += out
+                col += w[0].shape[1]
+        if bs:
+            stacked.append((start, col, out0, out0 + out, torch.cat(bs, dim=0).contiguous()))
+        out0 += out
     if not a_cols:
         return None
-    total_out = sum(out for _, out in parts)
-    a = torch.cat(a_cols, dim=1).to(dtype)
-    b = torch.zeros(a.shape[1], total_out, dtype=dtype)
-    row = 0
-    for blk, off in b_blocks:
-        b[row : row + blk.shape[0], off : off + blk.shape[1]] = blk
-        row += blk.shape[0]
     key = tuple(owner)
     if key not in owners:
         owners[key] = torch.tensor(owner, dtype=torch.long)
-    assert a.shape[0] == fan_in
-    return StackedLora(a=a.contiguous(), b=b, owner=owners[key])
+    return StackedLora(a=torch.cat(a_cols, dim=1).contiguous(), owner=owners[key], parts=stacked)
