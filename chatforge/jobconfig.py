@@ -54,7 +54,7 @@ def flatten_method(method_type: str, body: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(mult, (int, float)) or isinstance(mult, bool) or not 0 < mult <= 100:
                 raise ConfigError("learning_rate_multiplier", f'must be a number in (0, 100] or "auto", got {mult!r}')
             flat.setdefault("learning_rate", names["learning_rate"].default * mult)
-    for key in [k for k, v in flat.items() if v == "auto" and k in names and not _accepts_auto(cls, k)]:
+    for key in [k for k, v in flat.items() if v == "auto" and (k not in names or not _accepts_auto(cls, k))]:
         flat.pop(key)
     return flat
 

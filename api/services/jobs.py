@@ -131,7 +131,7 @@ def _openai_hyperparameters(mtype: str, config, body: dict) -> dict:
             out[key] = given[key]
         elif hasattr(config, key):
             out[key] = getattr(config, key)
-        elif key != "beta" or mtype == "dpo":
+        elif key == "learning_rate_multiplier" and hasattr(config, "learning_rate"):
             out[key] = "auto"
     if mtype != "dpo":
         out.pop("beta", None)
