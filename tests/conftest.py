@@ -7,7 +7,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from tests.support.models import smollm2_dir, tiny_llama_dir  # noqa: E402
+from tests.support.models import CACHE, smollm2_dir, tiny_llama_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,9 @@ def redis_url():
         yield url
 
 
-FAST_JOBS = {"CHATFORGE_JOB_LEASE_SECONDS": "8", "CHATFORGE_RECONCILE_INTERVAL_SECONDS": "2"}
+FAST_JOBS = {"CHATFORGE_JOB_LEASE_SECONDS": "8", "CHATFORGE_RECONCILE_INTERVAL_SECONDS": "2",
+             # DeepSpeed JIT-compiles its CPU ops once (30-40 s); keep them between test runs
+             "TORCH_EXTENSIONS_DIR": str(CACHE / "torch_extensions")}
 
 
 @pytest.fixture(scope="session")
