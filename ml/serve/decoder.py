@@ -173,7 +173,9 @@ class DecoderRunner:
         probe = torch.empty(1, dtype=dtype)
         with torch.inference_mode():
             cos, sin = inner.rotary_emb(probe, position_ids=pos)
-        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # [P, head_dim]
+        half = self.head_dim // 2
+        self.cos = cos[0].contiguous()  # [P, head_dim]
+        self.sin = torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1).contiguous()  # signed
 
     def new_cache(self, rows: int, max_capacity: int) -> KVCache:
         return KVCache(self.num_layers, rows, self.kv_heads, self.head_dim, self.dtype, max_capacity)
@@ -192,15 +194,12 @@ class DecoderRunner:
 
     # ---- forward --------------------------------------------------------------------------------
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        xf = x.to(torch.float32)
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return w * xf.to(x.dtype)
+        # same values as HF's fp32 pow/mean/rsqrt RMSNorm, in fewer kernels
+        return w * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
-    @staticmethod
-    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+        # rotate_half(x) * sin == roll(x, half) * [-sin_lo, sin_hi], bit for bit (sign flips are exact)
+        return x * cos + x.roll(self.head_dim // 2, dims=-1) * sin_signed
 
     def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, hide: torch.Tensor):
         """q [n, T, nh, hd] against keys/values [n, kvh, L, hd] -> [n, T, nh * hd]. Query heads that
