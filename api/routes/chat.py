@@ -39,11 +39,10 @@ def _serve_error(e: Exception) -> APIError:
     return APIError(str(e), status=status, code=getattr(e, "code", None))
 
 
-async def _submit(request: Request, target: Target, prompt_ids: list[int], body, n: int, logprobs: bool,
+async def _submit(engine, target: Target, prompt_ids: list[int], body, n: int, logprobs: bool,
                   top_logprobs: int):
     from ml.serve import GenerationRequest, ServeError
 
-    engine = await asyncio.to_thread(hub(request).engine_for, target)
     handles = []
     try:
         for i in range(n):
@@ -58,7 +57,7 @@ async def _submit(request: Request, target: Target, prompt_ids: list[int], body,
         for h in handles:
             h.cancel()
         raise _serve_error(e) from None
-    return engine, handles
+    return handles
 
 
 def _check(body) -> None:
@@ -128,9 +127,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sessio
     except ValueError as e:
         raise BadRequest(str(e), param="messages", code="unsupported_content") from None
     engine = await asyncio.to_thread(hub(request).engine_for, target)
-    prompt_ids = engine.render_chat(messages)
+    prompt_ids = await asyncio.to_thread(hub(request).prompt_ids, engine, target, messages)
     top = body.top_logprobs or 0
-    engine, handles = await _submit(request, target, prompt_ids, body, body.n, body.logprobs, top)
+    handles = await _submit(engine, target, prompt_ids, body, body.n, body.logprobs, top)
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
 
     if not body.stream:
@@ -205,11 +204,12 @@ async def completions(body: CompletionRequest, request: Request, session: Sessio
     target = hub(request).target(row)
     session.close()
     engine = await asyncio.to_thread(hub(request).engine_for, target)
-    prompt_ids = engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    tokenizer = hub(request).tokenizer_for(engine, target)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if not prompt_ids:
         raise BadRequest("prompt is empty", param="prompt")
     top = body.logprobs or 0
-    engine, handles = await _submit(request, target, prompt_ids, body, body.n, body.logprobs is not None, top)
+    handles = await _submit(engine, target, prompt_ids, body, body.n, body.logprobs is not None, top)
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
     def legacy_lp(lps):

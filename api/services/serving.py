@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from api.errors import BadRequest
@@ -14,6 +15,13 @@ from chatforge.db.models import Model
 from chatforge.db.session import session_scope
 from chatforge.settings import Settings
 from chatforge.storage import Storage
+
+
+@lru_cache(maxsize=64)
+def _tokenizer(path: str):
+    from ml.models import load_tokenizer
+
+    return load_tokenizer(path)
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,19 @@ class ServingHub:
                     engine.register_adapter(target.adapter, target.adapter_dir)
                     self._registered[target.adapter] = target.engine_id
         return engine
+
+    def tokenizer_for(self, engine, target: Target):
+        """The tokenizer and chat template the model was trained with: an adapter folder carries its own
+        copy (saved by the trainer); base and full models use the engine's."""
+        if target.adapter_dir is not None and (target.adapter_dir / "tokenizer_config.json").exists():
+            return _tokenizer(str(target.adapter_dir))
+        return engine.tokenizer
+
+    def prompt_ids(self, engine, target: Target, messages: list[dict]) -> list[int]:
+        """Chat prompt token ids, rendered by the same function training uses (ml.data.render)."""
+        from ml.data.render import render_prompt
+
+        return render_prompt(self.tokenizer_for(engine, target), messages, add_generation_prompt=True)
 
     def forget_model(self, model_id: str) -> None:
         """A deleted model: unload its adapter, or close its own engine."""
