@@ -1,12 +1,13 @@
 """The serving engine for one base model: continuous batching of many requests and LoRA adapters.
 
-Owns the scheduler thread, admission (queue and size limits), the assignment of KV-cache rows, chunked
-prefill interleaved with decode steps, and turning sampled tokens into streamed events. The model math
-lives in decoder.py, sampling in sampling.py, adapters in lora.py, text in detokenize.py. It knows
+Owns the scheduler thread, admission (queue and size limits, adapter cache), chunked prefill
+interleaved with decode steps, and delivering events. Model math lives in decoder.py, row bookkeeping
+in rows.py, per-request state in sequence.py, sampling in sampling.py, adapters in lora.py. It knows
 nothing about HTTP: the API wraps submit()/RequestHandle and maps ServeError.status to a response.
 
-Rows of the KV cache: [0, D) are decoding sequences (so a decode step reads a plain slice), [D, D+P)
-are sequences whose prompt is still being prefilled; finishing sequences are replaced by the last row.
+Each scheduler iteration: reap cancelled requests, admit waiting ones into free rows, run one prefill
+forward over up to `prefill_chunk` prompt tokens (oldest first), then one decode step for every
+decoding row; a request joins the running batch at the next iteration, never waiting for it to drain.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 import uuid
 import warnings
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -29,16 +30,17 @@ from ml.serve.detokenize import IncrementalDetokenizer, StopStringMatcher
 from ml.serve.handle import RequestHandle
 from ml.serve.lora import BASE, AdapterRegistry, LoraAdapter, read_lora_adapter
 from ml.serve.request import (
+    Completion,
     EngineBusy,
     EngineClosed,
-    GenerationEvent,
     GenerationRequest,
     RequestTooLarge,
     UnknownAdapter,
-    Usage,
     validate_request,
 )
+from ml.serve.rows import RowTable
 from ml.serve.sampling import SamplingState, sample_batch
+from ml.serve.sequence import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +55,6 @@ class EngineStats:
     requests_finished_total: int
     loaded_adapters: list[str]
     kv_cache_bytes: int
-
-
-@dataclass(eq=False)
-class _Seq:
-    handle: RequestHandle
-    req: GenerationRequest
-    adapter_name: str | None
-    max_new: int
-    stop_ids: frozenset[int]
-    sampling: SamplingState
-    detok: IncrementalDetokenizer
-    matcher: StopStringMatcher
-    order: int
-    adapter: LoraAdapter | None = None
-    row: int = -1
-    cached: int = 0  # positions written to the KV cache
-    decoding: bool = False
-    generated: list[int] = field(default_factory=list)
 
 
 class Engine:
@@ -119,10 +103,8 @@ class Engine:
         self.eos_ids = self._eos_ids()
 
         self._lock = threading.Condition()
-        self._waiting: deque[_Seq] = deque()
-        self._rows: list[_Seq | None] = [None] * max_batch_size
-        self._decoding = 0  # D
-        self._prefilling = 0  # P
+        self._waiting: deque[Sequence] = deque()
+        self.rows = RowTable(self.cache)
         self._order = itertools.count()
         # stacked LoRA weights per set of active adapters; scheduler thread only
         self._stacks: dict[tuple[str, ...], tuple[list[LoraAdapter], list]] = {}
@@ -164,7 +146,7 @@ class Engine:
             raise UnknownAdapter(f"adapter {adapter!r} is not registered with {self.model_id}")
         handle = RequestHandle(req.request_id or uuid.uuid4().hex, n_prompt)
         stop_ids = self.eos_ids if req.stop_token_ids is None else frozenset(req.stop_token_ids)
-        seq = _Seq(
+        seq = Sequence(
             handle=handle,
             req=req,
             adapter_name=adapter,
@@ -184,7 +166,7 @@ class Engine:
             self._lock.notify()
         return handle
 
-    def generate(self, req: GenerationRequest):
+    def generate(self, req: GenerationRequest) -> Completion:
         """Blocking convenience: submit and wait for the Completion."""
         return self.submit(req).result()
 
@@ -197,9 +179,9 @@ class Engine:
     def stats(self) -> EngineStats:
         with self._lock:
             return EngineStats(
-                running=self._decoding + self._prefilling,
+                running=self.rows.running,
                 waiting=len(self._waiting),
-                prefilling=self._prefilling,
+                prefilling=self.rows.num_prefilling,
                 prompt_tokens_total=self._prompt_tokens_total,
                 generated_tokens_total=self._generated_total,
                 requests_finished_total=self._finished_total,
@@ -214,12 +196,18 @@ class Engine:
             self._lock.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        elif self._thread.ident is None:  # never started: nobody else will answer the waiting
+            self._drain_waiting("engine closed")
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def token_text(self, token_id: int) -> str:
+        """A token's own text (for OpenAI logprobs "token"); partial UTF-8 shows as U+FFFD."""
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     # ---- setup helpers --------------------------------------------------------------------------
     def _read_adapter(self, name: str, path: Path) -> LoraAdapter:
@@ -243,7 +231,7 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._lock:
-                    while not self._closed and not self._waiting and not (self._decoding + self._prefilling):
+                    while not self._closed and not self._waiting and not self.rows.running:
                         self._lock.wait()
                     if self._closed:
                         break
@@ -253,101 +241,66 @@ class Engine:
                     log.exception("engine step failed; failing the running requests")
                     self._fail_running(f"{type(exc).__name__}: {exc}")
         self._fail_running("engine closed")
+        self._drain_waiting("engine closed")
+
+    def _drain_waiting(self, message: str) -> None:
         with self._lock:
             waiting, self._waiting = list(self._waiting), deque()
         for seq in waiting:
-            seq.handle._push(self._final(seq, "", "error", error="engine closed"))
+            seq.handle._push(seq.final_event("", "error", error=message))
 
     def _step(self) -> None:
         self._reap_cancelled()
         self._admit()
-        if self._prefilling:
+        if self.rows.num_prefilling:
             self._prefill_step()
-        if self._decoding:
+        if self.rows.num_decoding:
             self._decode_step()
 
     def _reap_cancelled(self) -> None:
-        for seq in [s for s in self._rows if s is not None and s.handle.cancelled]:
-            self._finish(seq, "", "cancelled")
+        for seq in [s for s in self.rows.sequences() if s.handle.cancelled]:
+            self._finish(seq, "cancelled")
         with self._lock:
             gone = [s for s in self._waiting if s.handle.cancelled]
             for s in gone:
                 self._waiting.remove(s)
         for s in gone:
-            s.handle._push(self._final(s, "", "cancelled"))
+            s.handle._push(s.final_event("", "cancelled"))
 
     def _admit(self) -> None:
         """Move waiting requests into free rows, oldest first. A request whose adapter cannot be
         loaded yet (the cache is full of adapters in use) is skipped, not allowed to block the rest."""
-        free = self.max_batch_size - self._decoding - self._prefilling
+        free = self.rows.free
         if free <= 0:
             return
         with self._lock:
             candidates = list(self._waiting)
-        taken: list[_Seq] = []
+        taken: list[Sequence] = []
         for seq in candidates:
             if free == 0:
                 break
             if seq.handle.cancelled:
                 continue  # reaped at the next step
             if seq.adapter_name is not None:
-                pinned = {s.adapter_name for s in self._rows if s is not None and s.adapter_name}
+                pinned = {s.adapter_name for s in self.rows.sequences() if s.adapter_name}
                 try:
                     seq.adapter = self.adapters.acquire(seq.adapter_name, pinned)
                 except Exception as exc:  # noqa: BLE001 -- unknown now, unreadable or foreign weights
                     taken.append(seq)
-                    seq.handle._push(self._final(seq, "", "error", error=str(exc)))
+                    seq.handle._push(seq.final_event("", "error", error=str(exc)))
                     continue
                 if seq.adapter is None:
                     continue
             taken.append(seq)
-            seq.row = self._decoding + self._prefilling
-            self._rows[seq.row] = seq
-            self._prefilling += 1
+            self.rows.add_prefill(seq)
             free -= 1
         if taken:
             gone = set(map(id, taken))
             with self._lock:
                 self._waiting = deque(s for s in self._waiting if id(s) not in gone)
 
-    # ---- rows -----------------------------------------------------------------------------------
-    def _place(self, seq: _Seq, row: int) -> None:
-        self.cache.move(seq.row, row, seq.cached)
-        self._rows[seq.row] = None
-        self._rows[row] = seq
-        seq.row = row
-
-    def _to_decoding(self, seq: _Seq) -> None:
-        """A prefilled sequence joins the decode block [0, D) by swapping into row D."""
-        d = self._decoding
-        other = self._rows[d]
-        if other is not seq:
-            self.cache.swap(seq.row, d, max(seq.cached, other.cached))
-            self._rows[seq.row], self._rows[d] = other, seq
-            other.row, seq.row = seq.row, d
-        seq.decoding = True
-        self._decoding += 1
-        self._prefilling -= 1
-
-    def _release(self, seq: _Seq) -> None:
-        r = seq.row
-        self._rows[r] = None
-        if seq.decoding:
-            last = self._decoding - 1
-            if r != last:
-                self._place(self._rows[last], r)
-            self._decoding -= 1
-            if self._prefilling:  # close the hole between the blocks with the last prefill row
-                self._place(self._rows[self._decoding + self._prefilling], self._decoding)
-        else:
-            last = self._decoding + self._prefilling - 1
-            if r != last:
-                self._place(self._rows[last], r)
-            self._prefilling -= 1
-        seq.row = -1
-
     # ---- model steps ----------------------------------------------------------------------------
-    def _lora_batch(self, seqs: list[_Seq]) -> LoraBatch | None:
+    def _lora_batch(self, seqs: list[Sequence]) -> LoraBatch | None:
         names = sorted({s.adapter_name for s in seqs if s.adapter_name})
         if not names:
             return None
@@ -368,15 +321,15 @@ class Engine:
 
     def _prefill_step(self) -> None:
         pending = sorted(
-            (self._rows[r] for r in range(self._decoding, self._decoding + self._prefilling)),
+            self.rows.prefilling(),
             key=lambda s: s.order,
         )
         budget = self.prefill_chunk
-        batch: list[tuple[_Seq, int]] = []
+        batch: list[tuple[Sequence, int]] = []
         for seq in pending:
             if budget <= 0:
                 break
-            take = min(len(seq.req.prompt_ids) - seq.cached, budget)
+            take = min(seq.prompt_len - seq.cached, budget)
             batch.append((seq, take))
             budget -= take
         t = max(take for _, take in batch)
@@ -388,7 +341,7 @@ class Engine:
         pos = starts[:, None] + torch.arange(t)[None, :]
         attn_len = int(starts.max()) + t
         self.cache.ensure(attn_len)
-        done = [i for i, (seq, take) in enumerate(batch) if seq.cached + take == len(seq.req.prompt_ids)]
+        done = [i for i, (seq, take) in enumerate(batch) if seq.cached + take == seq.prompt_len]
         seqs = [s for s, _ in batch]
         index = torch.tensor([[i, batch[i][1] - 1] for i in done], dtype=torch.long).view(-1, 2)
         rows = torch.tensor([s.row for s in seqs], dtype=torch.long)
@@ -400,15 +353,15 @@ class Engine:
         if done:
             finished = [batch[i][0] for i in done]
             with self._lock:
-                self._prompt_tokens_total += sum(len(s.req.prompt_ids) for s in finished)
+                self._prompt_tokens_total += sum(s.prompt_len for s in finished)
             tokens, lps = sample_batch(logits, [s.sampling for s in finished])
             for seq, tok, lp in zip(finished, tokens, lps):
-                self._to_decoding(seq)
+                self.rows.to_decoding(seq)
                 self._accept(seq, tok, lp)
 
     def _decode_step(self) -> None:
-        d = self._decoding
-        seqs = self._rows[:d]
+        seqs = self.rows.decoding()
+        d = len(seqs)
         ids = torch.tensor([[s.generated[-1]] for s in seqs], dtype=torch.long)
         pos = torch.tensor([[s.cached] for s in seqs], dtype=torch.long)
         attn_len = int(pos.max()) + 1
@@ -424,43 +377,25 @@ class Engine:
             self._accept(seq, tok, lp)
 
     # ---- tokens -> events -----------------------------------------------------------------------
-    def _accept(self, seq: _Seq, tok: int, lp) -> None:
-        seq.generated.append(tok)
-        finish = None
-        if tok in seq.stop_ids:
-            delta, finish = seq.detok.flush(), "stop"
-        else:
-            delta = seq.detok.add(tok)
-            if len(seq.generated) >= seq.max_new:
-                delta, finish = delta + seq.detok.flush(), "length"
-        text, matched = seq.matcher.push(delta)
-        if matched:
-            finish = "stop"
-        elif finish is not None:
-            text += seq.matcher.flush()
+    def _accept(self, seq: Sequence, tok: int, lp) -> None:
+        ev = seq.accept(tok, lp)
         with self._lock:
             self._generated_total += 1
-        logprobs = (lp,) if lp is not None else None
-        if finish is None:
-            seq.handle._push(GenerationEvent(text=text, token_ids=(tok,), logprobs=logprobs))
-        else:
-            self._finish(seq, text, finish, token_ids=(tok,), logprobs=logprobs)
+        if ev.finished:
+            self.rows.release(seq)
+            with self._lock:
+                self._finished_total += 1
+        seq.handle._push(ev)
 
-    def _final(self, seq: _Seq, text: str, reason: str, token_ids=(), logprobs=None, error=None):
-        usage = Usage(prompt_tokens=len(seq.req.prompt_ids), completion_tokens=len(seq.generated))
-        return GenerationEvent(
-            text=text, token_ids=token_ids, logprobs=logprobs, finish_reason=reason, usage=usage, error=error
-        )
-
-    def _finish(self, seq: _Seq, text: str, reason: str, token_ids=(), logprobs=None, error=None) -> None:
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+        """End a sequence early (cancelled, error) wherever it is."""
         if seq.row >= 0:
-            self._release(seq)
+            self.rows.release(seq)
         with self._lock:
             self._finished_total += 1
-        seq.handle._push(self._final(seq, text, reason, token_ids, logprobs, error))
+        seq.handle._push(seq.final_event("", reason, error=error))
 
     def _fail_running(self, message: str) -> None:
-        for seq in [s for s in self._rows if s is not None]:
-            self._finish(seq, "", "error", error=message)
-        self._rows = [None] * self.max_batch_size
-        self._decoding = self._prefilling = 0
+        """After a failed step the row bookkeeping cannot be trusted: end everything, reset rows."""
+        for seq in self.rows.reset():
+            self._finish(seq, "error", error=message)
