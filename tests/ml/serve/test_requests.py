@@ -197,3 +197,37 @@ def test_stats_count_tokens(make_engine, prompts):
     assert st.generated_tokens_total == 8
     assert st.prompt_tokens_total == len(prompts[0]) + len(prompts[1])
     assert st.requests_finished_total == 2 and st.running == 0 and st.waiting == 0
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_lives_on(make_engine, reference, prompts):
+    eng = make_engine(start=False)
+    real_forward = eng.runner.forward
+    calls = {"n": 0}
+
+    def flaky_forward(*args, **kwargs):  # a fault we cannot cause for real (e.g. out of memory)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated kernel failure")
+        return real_forward(*args, **kwargs)
+
+    eng.runner.forward = flaky_forward
+    doomed = eng.submit(req(prompts[0], temperature=0))
+    eng.start()
+    out = doomed.result(timeout=60)
+    assert out.finish_reason == "error" and "simulated" in out.error
+    assert eng.generate(req(prompts[0], temperature=0)).token_ids == reference.greedy(prompts[0], 24)
+    assert eng.stats().running == 0
+
+
+def test_close_answers_everything_outstanding(make_engine, prompts):
+    eng = make_engine(start=False)
+    waiting = eng.submit(req(prompts[0]))
+    eng.close()
+    assert waiting.result(timeout=10).finish_reason == "error"
+    running_engine = make_engine(max_batch_size=1)
+    busy = running_engine.submit(req(prompts[1], max_tokens=400, stop_token_ids=[]))
+    queued = running_engine.submit(req(prompts[0]))
+    busy.get(timeout=60)
+    running_engine.close()
+    assert busy.result(timeout=10).finish_reason == "error"
+    assert queued.result(timeout=10).finish_reason == "error"
