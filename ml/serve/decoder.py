@@ -117,7 +117,11 @@ class LoraBatch:
 
 
 class DecoderRunner:
-    def __init__(self, model: torch.nn.Module, dtype: torch.dtype, max_positions: int) -> None:
+    def __init__(
+        self, model: torch.nn.Module, dtype: torch.dtype, max_positions: int, max_context: int | None = None
+    ) -> None:
+        """max_positions: size of the rotary table (>= any position written, padding included);
+        max_context: the longest real sequence served (checked against a sliding window)."""
         cfg = model.config
         if cfg.model_type not in SUPPORTED_MODEL_TYPES:
             raise UnsupportedModel(
@@ -125,7 +129,7 @@ class DecoderRunner:
                 f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
             )
         window = getattr(cfg, "sliding_window", None)
-        if window and getattr(cfg, "use_sliding_window", True) and max_positions > window:
+        if window and getattr(cfg, "use_sliding_window", True) and (max_context or max_positions) > window:
             raise UnsupportedModel(f"sliding-window attention ({window}) is not supported beyond the window")
         self.model = model
         self.config = cfg

@@ -96,7 +96,7 @@ class Engine:
         self.max_queue = max_queue
         self.prefill_chunk = max(1, prefill_chunk)
         positions = self.max_total_tokens + self.prefill_chunk  # padded prefill may write past the end
-        self.runner = DecoderRunner(self.model, self.torch_dtype, positions)
+        self.runner = DecoderRunner(self.model, self.torch_dtype, positions, self.max_total_tokens)
         self.vocab_size = self.runner.vocab_size
         self.cache = self.runner.new_cache(max_batch_size, positions)
         self.adapters = AdapterRegistry(adapter_cache_size, self._read_adapter)
