@@ -12,7 +12,7 @@ from ml.rl.online import _RenderedPrompts, run_grpo, run_rloo
 from ml.rl.prompts import read_prompts
 from ml.rl.reward_source import TrlRewardFunc, encode_prompt
 
-from .toys import upper_fraction
+from .toys import sampled_reward, upper_fraction
 
 HISTORY = (
     Message("system", "Be brief."),
@@ -65,10 +65,14 @@ def test_online_rl_raises_reward(method, yes_no_policy_path, prompts_file, tmp_p
     assert res.status == "succeeded" and res.steps == 8 and res.method == method
     rewards = [m["mean_reward"] for _, m in sink.steps if "mean_reward" in m]
     kls = [m["kl"] for _, m in sink.steps if "kl" in m]
-    assert len(rewards) == 8
-    assert sum(rewards[4:]) / 4 > sum(rewards[:2]) / 2 + 0.1, rewards
+    assert len(rewards) == 8 and len(kls) == 8
     assert max(kls) < 5.0, kls
+    # The saved adapter's replies score higher than the starting model's (64 samples each; measured
+    # 0.48 -> 0.75..0.88 over seeds 2 and 42 for both methods; per-step training means are too noisy).
     d = res.model_dir
+    before = sampled_reward(yes_no_policy_path, None, upper_fraction)
+    after = sampled_reward(yes_no_policy_path, d, upper_fraction)
+    assert after > before + 0.15, (before, after, rewards)
     assert (d / "adapter_config.json").exists()
     meta = json.loads((d / "chatforge.json").read_text())
     assert meta["method"] == method and meta["base_model"] == str(yes_no_policy_path)

@@ -13,7 +13,7 @@ from ml.rl.ppo_policy import ActorCritic
 from ml.rl.rollout import collect_rollouts, response_mask
 from ml.rl.start import load_start_causal_lm, resolve_start
 
-from .toys import PauseAfter, upper_fraction
+from .toys import PauseAfter, sampled_reward, upper_fraction
 
 LORA = LoraSettings(r=8, alpha=16, dropout=0.0)
 
@@ -75,6 +75,8 @@ def test_ppo_raises_reward_with_bounded_kl(yes_no_policy_path, prompts_file, tmp
         assert {"mean_reward", "kl", "policy_loss", "value_loss", "entropy", "clipfrac"} <= set(m)
     d = res.model_dir
     assert (d / "adapter_config.json").exists() and (d / "tokenizer.json").exists()
+    before = sampled_reward(yes_no_policy_path, None, upper_fraction)
+    assert sampled_reward(yes_no_policy_path, d, upper_fraction) > before + 0.15
     assert json.loads((d / "chatforge.json").read_text())["method"] == "ppo"
 
 

@@ -109,3 +109,28 @@ class PauseAfter(PrintSink):
     def control(self):
         self.polls += 1
         return self.what if self.polls >= self.n else None
+
+
+def sampled_reward(model_path: Path, adapter: Path | None, reward, n: int = 64, max_new_tokens: int = 10,
+                   seed: int = 1234) -> float:
+    """Mean reward of n sampled replies (temperature 1) of a model, optionally with a LoRA adapter on it."""
+    import torch
+
+    from ml.data.render import render_prompt
+    from ml.models import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(model_path)
+    model = load_causal_lm(model_path)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    prompt = (Message("user", "Question 7?"),)
+    ids = torch.tensor([render_prompt(tok, prompt)])
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, do_sample=True, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, top_k=None)
+    texts = [tok.decode(o[ids.shape[1]:], skip_special_tokens=True) for o in out]
+    return sum(reward([prompt + (Message("assistant", t),) for t in texts])) / n
