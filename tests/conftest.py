@@ -74,3 +74,19 @@ def client_b(service, key_b):
     import openai
 
     return openai.OpenAI(base_url=service.v1, api_key=key_b, max_retries=0, timeout=600)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA; on CPU machines they are skipped (the CPU suite covers the same code paths)."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
