@@ -48,7 +48,9 @@ def quiet_console(trainer) -> None:
 class RLSinkCallback(SinkCallback):
     """SinkCallback that also sends the trl metrics named in `names` (trl key -> sink name)."""
 
-    def __init__(self, sink: JobSink, names: dict[str, str], n_examples: int | None = None, save_at_end: bool = True):
+    def __init__(
+        self, sink: JobSink, names: dict[str, str], n_examples: int | None = None, save_at_end: bool = True
+    ):
         super().__init__(sink, n_examples=n_examples, save_at_end=save_at_end)
         self.names = names
         self._extra: dict[str, float] = {}
@@ -74,6 +76,8 @@ class RLSinkCallback(SinkCallback):
             self._extra.update(self._pick(logs, "eval_", "valid_"))
         return super().on_log(args, state, control, logs=logs, **kw)
 
-    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kw):
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kw
+    ):
         self._extra.update(self._pick(metrics or {}, "eval_", "valid_"))
         return super().on_evaluate(args, state, control, metrics=metrics, **kw)

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ml.config import SCHEDULERS, ConfigError, LoraSettings, Scheduler
 
 __all__ = [
     "ConfigError",
-    "LoraSettings",
-    "SamplingSettings",
-    "RewardModelConfig",
     "DPOConfig",
+    "GRPOConfig",
+    "LoraSettings",
     "PPOConfig",
     "RLOOConfig",
-    "GRPOConfig",
+    "RewardModelConfig",
+    "SamplingSettings",
 ]
 
 Adapter = Literal["lora", "full"]
@@ -34,7 +34,9 @@ def _int(name: str, v: Any, lo: int, hi: int | None = None) -> None:
         raise ConfigError(name, f"must be an integer {rng}, got {v!r}")
 
 
-def _num(name: str, v: Any, lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False) -> None:
+def _num(
+    name: str, v: Any, lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False
+) -> None:
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     if not ok:
@@ -55,7 +57,7 @@ def _bool(name: str, v: Any) -> None:
 class _DictForm:
     """from_dict / to_dict; nested settings are built from dicts and their errors get a dotted name."""
 
-    _nested: dict[str, type] = {}
+    _nested: ClassVar[dict[str, type]] = {}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None):
@@ -154,7 +156,7 @@ class _TrainerConfig(_DictForm):
     seed: int = 42
     """Seed for data order, adapter initialisation and sampling."""
 
-    _nested = {"lora": LoraSettings}
+    _nested: ClassVar[dict[str, type]] = {"lora": LoraSettings}
 
     @property
     def gradient_accumulation(self) -> int:
@@ -281,7 +283,7 @@ class PPOConfig(_DictForm):
     seed: int = 42
     """Seed for prompt order, adapter and value-head initialisation, and sampling."""
 
-    _nested = {"sampling": SamplingSettings, "lora": LoraSettings}
+    _nested: ClassVar[dict[str, type]] = {"sampling": SamplingSettings, "lora": LoraSettings}
 
     def __post_init__(self) -> None:
         _nested(self, "sampling", SamplingSettings)
@@ -336,7 +338,7 @@ class _GroupConfig(_TrainerConfig):
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     """How completions are sampled."""
 
-    _nested = {"lora": LoraSettings, "sampling": SamplingSettings}
+    _nested: ClassVar[dict[str, type]] = {"lora": LoraSettings, "sampling": SamplingSettings}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -17,7 +17,7 @@ import torch
 import trl
 
 from ml.events import JobSink
-from ml.rl.callbacks import quiet_console, DPO_METRICS, RLSinkCallback
+from ml.rl.callbacks import DPO_METRICS, RLSinkCallback, quiet_console
 from ml.rl.config import DPOConfig
 from ml.rl.preferences import PreferenceSplit, load_preferences
 from ml.rl.result import CHECKPOINTS, FINAL, RLResult
@@ -41,7 +41,12 @@ class _DPOTrainer(AtomicCheckpointMixin, trl.DPOTrainer):
 def _log_split(sink: JobSink, name: str, split: PreferenceSplit) -> None:
     sink.log(
         f"{name} file: {split.describe()}.",
-        data={"pairs": len(split), "tokens": split.n_tokens, "truncated": split.n_truncated, "skipped": split.n_skipped},
+        data={
+            "pairs": len(split),
+            "tokens": split.n_tokens,
+            "truncated": split.n_truncated,
+            "skipped": split.n_skipped,
+        },
     )
 
 
@@ -105,7 +110,10 @@ def run_dpo(
     # Full fine-tuning needs its own frozen reference; LoRA uses the policy with the adapter disabled.
     ref_model = load_start_causal_lm(start) if cfg.adapter == "full" else None
     args = trl_args(
-        trl.DPOConfig, cfg, ckpt_dir, valid is not None,
+        trl.DPOConfig,
+        cfg,
+        ckpt_dir,
+        valid is not None,
         beta=cfg.beta,
         loss_type=[cfg.loss_type],
         label_smoothing=cfg.label_smoothing,
@@ -134,18 +142,30 @@ def run_dpo(
     trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
 
     state = trainer.state
-    common = dict(method="dpo", base_model=start.base, steps=state.global_step, total_steps=state.max_steps,
-                  metrics=dict(callback.last_metrics), checkpoint=latest_checkpoint(ckpt_dir), config=cfg)
+    common = {
+        "method": "dpo",
+        "base_model": start.base,
+        "steps": state.global_step,
+        "total_steps": state.max_steps,
+        "metrics": dict(callback.last_metrics),
+        "checkpoint": latest_checkpoint(ckpt_dir),
+        "config": cfg,
+    }
     if callback.stopped is not None:
-        return RLResult(status="paused" if callback.stopped == "pause" else "cancelled", model_dir=None, **common)
+        return RLResult(
+            status="paused" if callback.stopped == "pause" else "cancelled", model_dir=None, **common
+        )
 
     policy = trainer.model
     if cfg.adapter == "lora":
+
         def write(folder: str) -> None:
             write_policy_adapter(policy, start, folder)
     else:
+
         def write(folder: str) -> None:
             policy.save_pretrained(folder)
+
     meta = {
         "base_model": str(start.base),
         "started_from": str(base_model),
@@ -158,5 +178,8 @@ def run_dpo(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     final = save_trained(output_dir / FINAL, tokenizer, meta, write)
-    sink.log(f"Saved the DPO {'adapter' if cfg.adapter == 'lora' else 'model'} to {final}.", data={"path": str(final)})
+    sink.log(
+        f"Saved the DPO {'adapter' if cfg.adapter == 'lora' else 'model'} to {final}.",
+        data={"path": str(final)},
+    )
     return RLResult(status="succeeded", model_dir=final, **common)

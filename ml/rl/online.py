@@ -62,19 +62,19 @@ class _RLOOTrainer(AtomicCheckpointMixin, _RenderedPrompts, trl.RLOOTrainer):
 
 def _method_fields(cfg: RLOOConfig | GRPOConfig) -> dict:
     s = cfg.sampling
-    fields = dict(
-        num_generations=cfg.num_generations,
-        max_completion_length=s.max_new_tokens,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        top_k=s.top_k,
-        beta=cfg.beta,
-        num_iterations=cfg.num_iterations,
-        epsilon=cfg.epsilon,
-        disable_dropout=True,
-        remove_unused_columns=False,
-        log_completions=False,
-    )
+    fields = {
+        "num_generations": cfg.num_generations,
+        "max_completion_length": s.max_new_tokens,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k,
+        "beta": cfg.beta,
+        "num_iterations": cfg.num_iterations,
+        "epsilon": cfg.epsilon,
+        "disable_dropout": True,
+        "remove_unused_columns": False,
+        "log_completions": False,
+    }
     if isinstance(cfg, GRPOConfig):
         fields.update(loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards)
     return fields
@@ -117,7 +117,9 @@ def _run_online(
     else:
         start_for_model = start
     model = load_start_causal_lm(start_for_model)
-    config_cls, trainer_cls = (trl.GRPOConfig, _GRPOTrainer) if method == "grpo" else (trl.RLOOConfig, _RLOOTrainer)
+    config_cls, trainer_cls = (
+        (trl.GRPOConfig, _GRPOTrainer) if method == "grpo" else (trl.RLOOConfig, _RLOOTrainer)
+    )
     args = trl_args(config_cls, cfg, ckpt_dir, False, **_method_fields(cfg))
     callback = RLSinkCallback(sink, ONLINE_METRICS, n_examples=len(prompts))
     trainer = trainer_cls(
@@ -140,18 +142,30 @@ def _run_online(
     trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
 
     state = trainer.state
-    common = dict(method=method, base_model=start.base, steps=state.global_step, total_steps=state.max_steps,
-                  metrics=dict(callback.last_metrics), checkpoint=latest_checkpoint(ckpt_dir), config=cfg)
+    common = {
+        "method": method,
+        "base_model": start.base,
+        "steps": state.global_step,
+        "total_steps": state.max_steps,
+        "metrics": dict(callback.last_metrics),
+        "checkpoint": latest_checkpoint(ckpt_dir),
+        "config": cfg,
+    }
     if callback.stopped is not None:
-        return RLResult(status="paused" if callback.stopped == "pause" else "cancelled", model_dir=None, **common)
+        return RLResult(
+            status="paused" if callback.stopped == "pause" else "cancelled", model_dir=None, **common
+        )
 
     policy = trainer.model
     if cfg.adapter == "lora":
+
         def write(folder: str) -> None:
             write_policy_adapter(policy, start, folder)
     else:
+
         def write(folder: str) -> None:
             policy.save_pretrained(folder)
+
     meta = {
         "base_model": str(start.base),
         "started_from": str(base_model),
@@ -165,8 +179,10 @@ def _run_online(
     }
     final = save_trained(output_dir / FINAL, tokenizer, meta, write)
     shutil.rmtree(output_dir / START_COPY, ignore_errors=True)
-    sink.log(f"Saved the {method.upper()} {'adapter' if cfg.adapter == 'lora' else 'model'} to {final}.",
-             data={"path": str(final)})
+    sink.log(
+        f"Saved the {method.upper()} {'adapter' if cfg.adapter == 'lora' else 'model'} to {final}.",
+        data={"path": str(final)},
+    )
     return RLResult(status="succeeded", model_dir=final, **common)
 
 

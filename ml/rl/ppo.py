@@ -33,7 +33,14 @@ from ml.rl.result import CHECKPOINTS, FINAL, RLResult
 from ml.rl.reward_source import RewardSource, as_reward_fn
 from ml.rl.rollout import Rollouts, collect_rollouts
 from ml.rl.start import load_start_causal_lm, load_start_tokenizer, resolve_start, write_policy_adapter
-from ml.train.checkpoints import atomic_dir, checkpoint_dir, clean_partial, complete_checkpoints, latest_checkpoint, rotate
+from ml.train.checkpoints import (
+    atomic_dir,
+    checkpoint_dir,
+    clean_partial,
+    complete_checkpoints,
+    latest_checkpoint,
+    rotate,
+)
 from ml.train.trainable import count_parameters, save_trained
 
 OPTIMIZER_FILE = "optimizer.pt"
@@ -64,7 +71,7 @@ def ppo_update(model: ActorCritic, optimizer, r: Rollouts, cfg: PPOConfig, step:
     n_updates = 0
     params = model.trainable_parameters()
     for _ in range(cfg.ppo_epochs):
-        for mb in torch.randperm(len(r), generator=gen).split(cfg.minibatch_size):
+        for mb in torch.randperm(len(r), generator=gen).to(mask.device).split(cfg.minibatch_size):
             m = mask[mb]
             fwd = model.forward_response(r.input_ids[mb], r.attention_mask[mb], r.prompt_len)
             pg = clipped_policy_loss(fwd.logprobs, r.logprobs[mb], advantages[mb], m, cfg.clip_range)
@@ -77,8 +84,12 @@ def ppo_update(model: ActorCritic, optimizer, r: Rollouts, cfg: PPOConfig, step:
             with torch.no_grad():
                 entropy = masked_mean(entropy_from_logits(fwd.logits), m)
             for k, v in (
-                ("policy_loss", pg.loss), ("value_loss", vf.loss), ("clipfrac", pg.clipfrac),
-                ("value_clipfrac", vf.clipfrac), ("approx_kl", pg.approx_kl), ("entropy", entropy),
+                ("policy_loss", pg.loss),
+                ("value_loss", vf.loss),
+                ("clipfrac", pg.clipfrac),
+                ("value_clipfrac", vf.clipfrac),
+                ("approx_kl", pg.approx_kl),
+                ("entropy", entropy),
                 ("grad_norm", grad_norm),
             ):
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -105,9 +116,14 @@ def _save_checkpoint(
     with atomic_dir(final, {"step": step, "method": "ppo"}) as tmp:
         model.save_trainable(tmp)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        torch.save({"torch": torch.get_rng_state()}, tmp / RNG_FILE)
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, tmp / RNG_FILE)
         (tmp / STATE_FILE).write_text(
-            json.dumps({"global_step": step, "max_steps": cfg.steps, "metrics": metrics, "config": cfg.to_dict()})
+            json.dumps(
+                {"global_step": step, "max_steps": cfg.steps, "metrics": metrics, "config": cfg.to_dict()}
+            )
         )
     rotate(ckpt_dir, cfg.keep_checkpoints)
     return final
@@ -116,7 +132,10 @@ def _save_checkpoint(
 def _load_checkpoint(model: ActorCritic, optimizer, folder: Path) -> int:
     model.load_trainable(folder)
     optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True))
-    torch.set_rng_state(torch.load(folder / RNG_FILE, weights_only=True)["torch"])
+    rng = torch.load(folder / RNG_FILE, weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
     return int(json.loads((folder / STATE_FILE).read_text())["global_step"])
 
 
@@ -143,15 +162,19 @@ def run_ppo(
     tokenizer = load_start_tokenizer(start)
     prompts = read_prompts(prompts_file)
     reward_fn = as_reward_fn(reward)
-    sink.log(f"PPO: {len(prompts)} prompts, {cfg.steps} steps of {cfg.rollouts_per_step} rollouts.",
-             data={"n_prompts": len(prompts), "config": cfg.to_dict()})
+    sink.log(
+        f"PPO: {len(prompts)} prompts, {cfg.steps} steps of {cfg.rollouts_per_step} rollouts.",
+        data={"n_prompts": len(prompts), "config": cfg.to_dict()},
+    )
 
     torch.manual_seed(cfg.seed)
     model = ActorCritic.build(load_start_causal_lm(start), cfg.lora, cfg.sampling, cfg.bf16)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.learning_rate)
     trainable, total = count_parameters(model)
-    sink.log(f"Policy ready: {trainable:,} of {total:,} parameters trainable (LoRA + value head).",
-             data={"trainable_params": trainable, "total_params": total})
+    sink.log(
+        f"Policy ready: {trainable:,} of {total:,} parameters trainable (LoRA + value head).",
+        data={"trainable_params": trainable, "total_params": total},
+    )
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     clean_partial(ckpt_dir)
@@ -181,14 +204,23 @@ def run_ppo(
         if stopped == "pause" or step % cfg.checkpoint_interval == 0 or step == cfg.steps:
             path = _save_checkpoint(model, optimizer, ckpt_dir, step, cfg, metrics)
             sink.checkpoint(step, path, metrics)
-            sink.log(f"Checkpoint saved at step {step} of {cfg.steps}. Sample reply: {rollouts.texts[0][:200]!r}",
-                     data={"step": step, "path": str(path)})
+            sink.log(
+                f"Checkpoint saved at step {step} of {cfg.steps}. Sample reply: {rollouts.texts[0][:200]!r}",
+                data={"step": step, "path": str(path)},
+            )
         if stopped == "pause":
             sink.log(f"Training paused at step {step} of {cfg.steps}.")
             break
 
-    common = dict(method="ppo", base_model=start.base, steps=step, total_steps=cfg.steps,
-                  metrics=metrics, checkpoint=latest_checkpoint(ckpt_dir), config=cfg)
+    common = {
+        "method": "ppo",
+        "base_model": start.base,
+        "steps": step,
+        "total_steps": cfg.steps,
+        "metrics": metrics,
+        "checkpoint": latest_checkpoint(ckpt_dir),
+        "config": cfg,
+    }
     if stopped in ("cancel", "pause"):
         return RLResult(status="cancelled" if stopped == "cancel" else "paused", model_dir=None, **common)
 
@@ -203,6 +235,8 @@ def run_ppo(
         "config": cfg.to_dict(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    final = save_trained(output_dir / FINAL, tokenizer, meta, lambda d: write_policy_adapter(model.policy, start, d))
+    final = save_trained(
+        output_dir / FINAL, tokenizer, meta, lambda d: write_policy_adapter(model.policy, start, d)
+    )
     sink.log(f"Training finished: {step} steps. Saved the adapter to {final}.", data={"path": str(final)})
     return RLResult(status="succeeded", model_dir=final, **common)

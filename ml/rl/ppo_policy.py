@@ -61,13 +61,17 @@ class ActorCritic(nn.Module):
         hidden = base_model.config.get_text_config().hidden_size
         model = cls(policy, ValueHead(hidden), sampling.temperature, bf16)
         model.eval()
-        return model
+        return model.to("cuda") if torch.cuda.is_available() else model
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    @property
+    def device(self) -> torch.device:
+        return self.value_head.linear.weight.device
+
     def _autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def forward_response(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, with_values: bool = True
@@ -96,7 +100,9 @@ class ActorCritic(nn.Module):
             return self.forward_response(input_ids, attention_mask, prompt_len, with_values=False).logprobs
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, sampling: SamplingSettings, pad_token_id: int, eos_token_id):
+    def generate(
+        self, input_ids, attention_mask, sampling: SamplingSettings, pad_token_id: int, eos_token_id
+    ):
         with self._autocast():
             return self.policy.generate(
                 input_ids=input_ids,
@@ -116,7 +122,10 @@ class ActorCritic(nn.Module):
         from safetensors.torch import save_file
 
         self.policy.save_pretrained(str(folder))
-        save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, str(folder / VALUE_HEAD_FILE))
+        save_file(
+            {k: v.contiguous() for k, v in self.value_head.state_dict().items()},
+            str(folder / VALUE_HEAD_FILE),
+        )
 
     def load_trainable(self, folder: Path) -> None:
         from peft import set_peft_model_state_dict

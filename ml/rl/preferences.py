@@ -30,7 +30,10 @@ class PreferenceSplit:
 
     @property
     def n_tokens(self) -> int:
-        return sum(len(p) * 2 + len(c) + len(r) for p, c, r in zip(self.prompt_ids, self.chosen_ids, self.rejected_ids))
+        return sum(
+            len(p) * 2 + len(c) + len(r)
+            for p, c, r in zip(self.prompt_ids, self.chosen_ids, self.rejected_ids)
+        )
 
     def reward_rows(self) -> list[dict[str, list[int]]]:
         return [

@@ -17,7 +17,7 @@ import torch
 from trl import RewardConfig, RewardTrainer
 
 from ml.events import JobSink
-from ml.rl.callbacks import quiet_console, REWARD_METRICS, RLSinkCallback
+from ml.rl.callbacks import REWARD_METRICS, RLSinkCallback, quiet_console
 from ml.rl.config import RewardModelConfig
 from ml.rl.preferences import PreferenceSplit, load_preferences
 from ml.rl.result import CHECKPOINTS, FINAL, RLResult
@@ -66,7 +66,12 @@ def evaluate_pairs(
 def _log_split(sink: JobSink, name: str, split: PreferenceSplit) -> None:
     sink.log(
         f"{name} file: {split.describe()}.",
-        data={"pairs": len(split), "tokens": split.n_tokens, "truncated": split.n_truncated, "skipped": split.n_skipped},
+        data={
+            "pairs": len(split),
+            "tokens": split.n_tokens,
+            "truncated": split.n_truncated,
+            "skipped": split.n_skipped,
+        },
     )
 
 
@@ -118,7 +123,10 @@ def run_reward_model(
         peft_config.modules_to_save = ["score"]
 
     args = trl_args(
-        RewardConfig, cfg, ckpt_dir, valid is not None,
+        RewardConfig,
+        cfg,
+        ckpt_dir,
+        valid is not None,
         max_length=None,  # already cut to cfg.max_length by render_preference (prompt side first)
         center_rewards_coefficient=cfg.center_rewards_coefficient,
         disable_dropout=True,
@@ -143,12 +151,20 @@ def run_reward_model(
     trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
 
     state = trainer.state
-    common = dict(method="reward_model", base_model=start.base, steps=state.global_step,
-                  total_steps=state.max_steps, config=cfg)
+    common = {
+        "method": "reward_model",
+        "base_model": start.base,
+        "steps": state.global_step,
+        "total_steps": state.max_steps,
+        "config": cfg,
+    }
     if callback.stopped is not None:
         return RLResult(
-            status="paused" if callback.stopped == "pause" else "cancelled", model_dir=None,
-            metrics=dict(callback.last_metrics), checkpoint=latest_checkpoint(ckpt_dir), **common,
+            status="paused" if callback.stopped == "pause" else "cancelled",
+            model_dir=None,
+            metrics=dict(callback.last_metrics),
+            checkpoint=latest_checkpoint(ckpt_dir),
+            **common,
         )
 
     trained = trainer.model
@@ -172,11 +188,20 @@ def run_reward_model(
     # Measure with the folder just written: what the API and PPO will load is what gets reported.
     saved, saved_tok = load_reward_model(final)
     metrics = {k: v for k, v in callback.last_metrics.items() if k in ("train_loss", "valid_loss")}
-    metrics.update({f"train_{k}": v for k, v in evaluate_pairs(saved, saved_tok.pad_token_id, train, limit=TRAIN_EVAL_PAIRS).items()})
+    metrics.update(
+        {
+            f"train_{k}": v
+            for k, v in evaluate_pairs(saved, saved_tok.pad_token_id, train, limit=TRAIN_EVAL_PAIRS).items()
+        }
+    )
     if valid is not None:
-        metrics.update({f"valid_{k}": v for k, v in evaluate_pairs(saved, saved_tok.pad_token_id, valid).items()})
+        metrics.update(
+            {f"valid_{k}": v for k, v in evaluate_pairs(saved, saved_tok.pad_token_id, valid).items()}
+        )
     sink.metrics(state.global_step, metrics, state.max_steps)
     write_metadata(final, {**(read_metadata(final) or meta), "metrics": metrics})
     summary = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
     sink.log(f"Saved the reward model to {final} ({summary}).", data={"path": str(final), "metrics": metrics})
-    return RLResult(status="succeeded", model_dir=final, metrics=metrics, checkpoint=latest_checkpoint(ckpt_dir), **common)
+    return RLResult(
+        status="succeeded", model_dir=final, metrics=metrics, checkpoint=latest_checkpoint(ckpt_dir), **common
+    )

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from ml.records import Message
 
 Conversation = Sequence[Message]
 RewardFn = Callable[[list[tuple[Message, ...]]], Sequence[float]]
-RewardSource = Union[str, Path, RewardFn]
+RewardSource = str | Path | RewardFn
 
 
 class ModelReward:

@@ -82,6 +82,7 @@ def collect_rollouts(
     eos = eos_token_ids(tokenizer, model.policy)
     prompt_ids = [render_prompt(tokenizer, p)[-cfg.max_prompt_length :] for p in prompts]
     ids, mask = pad_prompts(prompt_ids, pad)
+    ids, mask = ids.to(model.device), mask.to(model.device)
     P = ids.shape[1]
     sequences = model.generate(ids, mask, cfg.sampling, pad, eos)
     responses = sequences[:, P:]
@@ -97,7 +98,7 @@ def collect_rollouts(
         kept = [t for t in row[m.bool()].tolist() if t not in eos]
         texts.append(tokenizer.decode(kept, skip_special_tokens=True))
     conversations = [tuple(p) + (Message("assistant", t),) for p, t in zip(prompts, texts)]
-    raw = torch.tensor([float(x) for x in reward_fn(conversations)], dtype=torch.float32)
+    raw = torch.tensor([float(x) for x in reward_fn(conversations)], dtype=torch.float32, device=model.device)
     if raw.shape[0] != len(prompts):
         raise ValueError(f"reward function returned {raw.shape[0]} scores for {len(prompts)} responses")
     scores = raw.clone()

@@ -86,7 +86,11 @@ def load_start_sequence_classifier(start: StartPoint, dtype: str = "float32"):
 
         with suppress_seqcls_warning():
             return AutoModelForSequenceClassification.from_pretrained(
-                str(start.base), num_labels=1, dtype=torch_dtype, trust_remote_code=False, use_safetensors=True
+                str(start.base),
+                num_labels=1,
+                dtype=torch_dtype,
+                trust_remote_code=False,
+                use_safetensors=True,
             )
     lm = load_start_causal_lm(start, dtype)
     config = lm.config
@@ -94,7 +98,9 @@ def load_start_sequence_classifier(start: StartPoint, dtype: str = "float32"):
     rm = AutoModelForSequenceClassification.from_config(config, dtype=torch_dtype)
     missing, unexpected = rm.base_model.load_state_dict(lm.base_model.state_dict(), strict=False)
     if unexpected or [k for k in missing if "rotary" not in k]:
-        raise RuntimeError(f"backbone mismatch copying {start.adapter}: missing={missing} unexpected={unexpected}")
+        raise RuntimeError(
+            f"backbone mismatch copying {start.adapter}: missing={missing} unexpected={unexpected}"
+        )
     return rm
 
 

@@ -12,8 +12,14 @@ from ml.rl.preferences import load_preferences
 
 
 def dpo_config(**kw) -> DPOConfig:
-    base = dict(max_steps=4, learning_rate=2e-3, beta=0.1, batch_size=8, micro_batch_size=8,
-                lora=LoraSettings(r=8, alpha=16, dropout=0.0))
+    base = {
+        "max_steps": 4,
+        "learning_rate": 2e-3,
+        "beta": 0.1,
+        "batch_size": 8,
+        "micro_batch_size": 8,
+        "lora": LoraSettings(r=8, alpha=16, dropout=0.0),
+    }
     return DPOConfig(**{**base, **kw})
 
 
@@ -50,7 +56,9 @@ def test_dpo_raises_held_out_log_prob_margin(tiny_model_path, preference_files, 
     assert steps[4]["margin"] > 0
 
 
-def test_dpo_from_sft_adapter_uses_it_as_reference_and_folds_it_in(tiny_model_path, preference_files, tmp_path):
+def test_dpo_from_sft_adapter_uses_it_as_reference_and_folds_it_in(
+    tiny_model_path, preference_files, tmp_path
+):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     torch.manual_seed(0)
@@ -63,7 +71,9 @@ def test_dpo_from_sft_adapter_uses_it_as_reference_and_folds_it_in(tiny_model_pa
     load_tokenizer(tiny_model_path).save_pretrained(str(sft_dir))
 
     sink = PrintSink(verbose=False)
-    cfg = dpo_config(max_steps=1, lora=LoraSettings(r=8, alpha=16, dropout=0.0, target_modules=("q_proj", "o_proj")))
+    cfg = dpo_config(
+        max_steps=1, lora=LoraSettings(r=8, alpha=16, dropout=0.0, target_modules=("q_proj", "o_proj"))
+    )
     res = run_dpo(cfg, sft_dir, preference_files["train"], None, tmp_path / "out", sink)
     assert res.status == "succeeded"
     # The reference is the SFT model (merged), not the raw base: the first step's implicit rewards are 0.
@@ -76,7 +86,11 @@ def test_dpo_from_sft_adapter_uses_it_as_reference_and_folds_it_in(tiny_model_pa
     x = torch.randint(0, 1000, (1, 8))
     with torch.no_grad():
         base_logits = load_causal_lm(tiny_model_path)(input_ids=x).logits
-        sft_logits = PeftModel.from_pretrained(load_causal_lm(tiny_model_path), str(sft_dir))(input_ids=x).logits
-        out_logits = PeftModel.from_pretrained(load_causal_lm(tiny_model_path), str(res.model_dir))(input_ids=x).logits
+        sft_logits = PeftModel.from_pretrained(load_causal_lm(tiny_model_path), str(sft_dir))(
+            input_ids=x
+        ).logits
+        out_logits = PeftModel.from_pretrained(load_causal_lm(tiny_model_path), str(res.model_dir))(
+            input_ids=x
+        ).logits
     # One DPO step at lr 2e-3 moves little: the result stays near the SFT model, far from the base.
     assert (out_logits - sft_logits).abs().max() < (out_logits - base_logits).abs().max()

@@ -3,9 +3,9 @@ import json
 import pytest
 
 from ml.config import LoraSettings
+from ml.data.render import render_prompt
 from ml.events import PrintSink
 from ml.models import load_tokenizer
-from ml.data.render import render_prompt
 from ml.records import Conversation, Message, PreferenceExample, PromptExample, write_canonical
 from ml.rl.config import GRPOConfig, RLOOConfig, SamplingSettings
 from ml.rl.online import _RenderedPrompts, run_grpo, run_rloo
@@ -23,15 +23,25 @@ HISTORY = (
 
 
 def online_config(cls, **kw):
-    base = dict(max_steps=8, batch_size=16, micro_batch_size=16, num_generations=4, learning_rate=1e-2,
-                beta=0.01, lora=LoraSettings(r=8, alpha=16, dropout=0.0),
-                sampling=SamplingSettings(max_new_tokens=10))
+    base = {
+        "max_steps": 8,
+        "batch_size": 16,
+        "micro_batch_size": 16,
+        "num_generations": 4,
+        "learning_rate": 1e-2,
+        "beta": 0.01,
+        "lora": LoraSettings(r=8, alpha=16, dropout=0.0),
+        "sampling": SamplingSettings(max_new_tokens=10),
+    }
     return cls(**{**base, **kw})
 
 
 def test_prompts_come_from_any_canonical_kind(tmp_path):
     write_canonical(tmp_path / "p.jsonl", [PromptExample(HISTORY)])
-    write_canonical(tmp_path / "pref.jsonl", [PreferenceExample(HISTORY, Message("assistant", "a"), Message("assistant", "b"))])
+    write_canonical(
+        tmp_path / "pref.jsonl",
+        [PreferenceExample(HISTORY, Message("assistant", "a"), Message("assistant", "b"))],
+    )
     write_canonical(tmp_path / "sft.jsonl", [Conversation(HISTORY + (Message("assistant", "Answer."),))])
     for name in ("p.jsonl", "pref.jsonl", "sft.jsonl"):
         assert read_prompts(tmp_path / name) == [HISTORY]

@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,13 @@ HH_SAMPLE = Path("/work/shared/datasets/pref_hh_rlhf_harmless_base_test_first500
 
 
 def small_rm_config(**kw) -> RewardModelConfig:
-    base = dict(n_epochs=3, learning_rate=1e-3, batch_size=8, micro_batch_size=8,
-                lora=LoraSettings(r=8, alpha=16, dropout=0.0))
+    base = {
+        "n_epochs": 3,
+        "learning_rate": 1e-3,
+        "batch_size": 8,
+        "micro_batch_size": 8,
+        "lora": LoraSettings(r=8, alpha=16, dropout=0.0),
+    }
     return RewardModelConfig(**{**base, **kw})
 
 
@@ -26,7 +32,12 @@ def trained_rm(tiny_model_path, preference_files, tmp_path_factory):
     sink = PrintSink(verbose=False)
     out = tmp_path_factory.mktemp("rm")
     res = run_reward_model(
-        small_rm_config(), tiny_model_path, preference_files["train"], preference_files["valid"], out, sink,
+        small_rm_config(),
+        tiny_model_path,
+        preference_files["train"],
+        preference_files["valid"],
+        out,
+        sink,
         resume=False,
     )
     return res, sink
@@ -61,7 +72,9 @@ def test_reward_model_folder_is_self_contained(trained_rm):
     # score() takes canonical Messages or OpenAI-style dicts alike.
     prompt = {"role": "user", "content": "Can you help me with the moon?"}
     s_dict = score(model, tok, [[prompt, {"role": "assistant", "content": "Go away, the moon is boring."}]])
-    s_msg = score(model, tok, [[Message.from_dict(prompt), Message("assistant", "Go away, the moon is boring.")]])
+    s_msg = score(
+        model, tok, [[Message.from_dict(prompt), Message("assistant", "Go away, the moon is boring.")]]
+    )
     assert s_dict == pytest.approx(s_msg)
 
 
@@ -113,5 +126,5 @@ def test_hh_rlhf_sample_trains_with_multi_turn_prompts(tiny_model_path, tmp_path
     cfg = small_rm_config(max_steps=3, batch_size=4, micro_batch_size=4, max_length=384)
     res = run_reward_model(cfg, tiny_model_path, subset, None, tmp_path / "out", sink)
     assert res.status == "succeeded" and res.steps == 3
-    assert all(v == v for v in res.metrics.values())  # no NaN
+    assert all(math.isfinite(v) for v in res.metrics.values())
     assert "train_accuracy" in res.metrics

@@ -56,7 +56,9 @@ def test_stacked_adapter_reproduces_merged_sft_plus_rl_adapter(tiny_model_path, 
     torch.manual_seed(1)
     policy = get_peft_model(
         load_start_causal_lm(start),
-        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "o_proj"], init_lora_weights=False),
+        LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "o_proj"], init_lora_weights=False
+        ),
     )
     x = torch.randint(0, 1000, (2, 9))
     with torch.no_grad():
@@ -122,7 +124,9 @@ def test_config_errors_name_the_parameter(cls, bad, param):
 
 
 def test_nested_settings_from_dicts():
-    cfg = PPOConfig.from_dict({"sampling": {"temperature": 0.7}, "lora": {"r": 4, "target_modules": ["q_proj"]}})
+    cfg = PPOConfig.from_dict(
+        {"sampling": {"temperature": 0.7}, "lora": {"r": 4, "target_modules": ["q_proj"]}}
+    )
     assert cfg.sampling == SamplingSettings(temperature=0.7)
     assert cfg.lora == LoraSettings(r=4, target_modules=("q_proj",))
     assert RLOOConfig(batch_size=8, micro_batch_size=4).gradient_accumulation == 2

@@ -13,11 +13,26 @@ from pathlib import Path
 from ml.events import PrintSink
 from ml.records import Conversation, Message, PreferenceExample, PromptExample, write_canonical
 
-TOPICS = ["the weather", "my homework", "a recipe", "the train times", "python lists", "a good book",
-          "the moon", "taxes", "my garden", "a song", "the bus", "chess"]
+TOPICS = [
+    "the weather",
+    "my homework",
+    "a recipe",
+    "the train times",
+    "python lists",
+    "a good book",
+    "the moon",
+    "taxes",
+    "my garden",
+    "a song",
+    "the bus",
+    "chess",
+]
 HELD_OUT_TOPICS = ["my bicycle", "the ocean", "a birthday party", "jazz music", "the museum", "my cat"]
-POLITE = ["Thank you for asking! Here is help with {}.", "Thank you, I am glad to help with {}.",
-          "Happy to help, thank you: {} is easy."]
+POLITE = [
+    "Thank you for asking! Here is help with {}.",
+    "Thank you, I am glad to help with {}.",
+    "Happy to help, thank you: {} is easy.",
+]
 RUDE = ["No. Figure out {} yourself.", "Go away, {} is boring.", "Stop asking me about {}."]
 
 
@@ -111,8 +126,9 @@ class PauseAfter(PrintSink):
         return self.what if self.polls >= self.n else None
 
 
-def sampled_reward(model_path: Path, adapter: Path | None, reward, n: int = 64, max_new_tokens: int = 10,
-                   seed: int = 1234) -> float:
+def sampled_reward(
+    model_path: Path, adapter: Path | None, reward, n: int = 64, max_new_tokens: int = 10, seed: int = 1234
+) -> float:
     """Mean reward of n sampled replies (temperature 1) of a model, optionally with a LoRA adapter on it."""
     import torch
 
@@ -130,7 +146,14 @@ def sampled_reward(model_path: Path, adapter: Path | None, reward, n: int = 64, 
     ids = torch.tensor([render_prompt(tok, prompt)])
     torch.manual_seed(seed)
     with torch.no_grad():
-        out = model.generate(input_ids=ids, do_sample=True, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, top_k=None)
-    texts = [tok.decode(o[ids.shape[1]:], skip_special_tokens=True) for o in out]
+        out = model.generate(
+            input_ids=ids,
+            do_sample=True,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=n,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            top_k=None,
+        )
+    texts = [tok.decode(o[ids.shape[1] :], skip_special_tokens=True) for o in out]
     return sum(reward([prompt + (Message("assistant", t),) for t in texts])) / n
