@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ml.serve.kv_cache import KVCache
-from ml.serve.lora import LoraAdapter, StackedLora, stack_group
+from ml.serve.lora import LoraAdapter
+from ml.serve.lora_batch import GroupLayout, LoraBatch, StackedLora, stack_adapters
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # Fused projections: name -> (input source, parts in output order).
@@ -76,46 +77,6 @@ class _Layer:
     act: torch.nn.Module
 
 
-class LoraBatch:
-    """The LoRA side of one batch: stacked weights of the active adapters and each row's owner.
-
-    LoRA math runs in float32 whatever the model dtype (as peft does by default): the matrices are
-    tiny, and small float32 matmuls are also 2-3x cheaper than bf16 ones on CPU.
-    """
-
-    def __init__(self, stacks: list[dict[str, StackedLora | None]], row_adapter: torch.Tensor, n_active: int):
-        self.stacks = stacks
-        self._row = row_adapter  # [n] index into the active list, -1 = base
-        self._masks: dict[int, torch.Tensor] = {}
-        # every row on the one active adapter: no masking needed
-        self._uniform = n_active == 1 and bool((row_adapter == 0).all())
-
-    def mask(self, owner: torch.Tensor) -> torch.Tensor:
-        m = self._masks.get(id(owner))
-        if m is None:
-            m = (self._row[:, None] == owner[None, :]).float()[:, None, :]  # [n, 1, R]
-            self._masks[id(owner)] = m
-        return m
-
-    def add(self, y: torch.Tensor, x: torch.Tensor, layer: int, group: str) -> torch.Tensor:
-        """y += LoRA(x) for each row's own adapter, in place (y is a fresh projection output)."""
-        s = self.stacks[layer].get(group)
-        if s is None:
-            return y
-        xa = torch.matmul(x.float(), s.a)  # [n, T, R]
-        if not self._uniform:
-            xa = xa * self.mask(s.owner)
-        xa, y2 = xa.view(-1, xa.shape[-1]), y.view(-1, y.shape[-1])
-        same = y.dtype == torch.float32
-        for c0, c1, o0, o1, b in s.parts:
-            out = y2 if o1 - o0 == y2.shape[1] else y2[:, o0:o1]
-            if same:
-                out.addmm_(xa[:, c0:c1], b)
-            else:
-                out.add_(torch.matmul(xa[:, c0:c1], b))
-        return y
-
-
 class DecoderRunner:
     def __init__(
         self, model: torch.nn.Module, dtype: torch.dtype, max_positions: int, max_context: int | None = None
@@ -172,6 +133,13 @@ class DecoderRunner:
             "up_proj": (first.gate_up.in_features, first.gate_up.out_features[1]),
             "down_proj": (first.down.in_features, first.down.out_features[0]),
         }
+        self.lora_layouts: dict[str, GroupLayout] = {}
+        for g, parts in GROUPS.items():
+            offset, lay = 0, []
+            for p in parts:
+                lay.append((p, offset, offset + self.proj_shapes[p][1]))
+                offset += self.proj_shapes[p][1]
+            self.lora_layouts[g] = lay
         # HF computes cos/sin in fp32 from position ids, then casts: a table gives the same values.
         pos = torch.arange(max_positions)[None]
         probe = torch.empty(1, dtype=dtype)
@@ -185,16 +153,10 @@ class DecoderRunner:
         return KVCache(self.num_layers, rows, self.kv_heads, self.head_dim, self.dtype, max_capacity)
 
     # ---- LoRA -----------------------------------------------------------------------------------
-    def stack_adapters(self, adapters: list[LoraAdapter]) -> list[dict[str, StackedLora | None]]:
-        owners: dict[tuple[int, ...], torch.Tensor] = {}
-        stacks = []
-        for i in range(self.num_layers):
-            per = {}
-            for g, parts in GROUPS.items():
-                named = [(p, self.proj_shapes[p][1]) for p in parts]
-                per[g] = stack_group(adapters, i, named, owners)
-            stacks.append(per)
-        return stacks
+    def stack_adapters(
+        self, adapters: list[LoraAdapter], dtype: torch.dtype
+    ) -> list[dict[str, StackedLora | None]]:
+        return stack_adapters(adapters, self.num_layers, self.lora_layouts, dtype)
 
     # ---- forward --------------------------------------------------------------------------------
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

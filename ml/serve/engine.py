@@ -25,10 +25,11 @@ from typing import Self
 import torch
 
 from ml.models import TORCH_DTYPES, load_causal_lm, load_tokenizer
-from ml.serve.decoder import DecoderRunner, LoraBatch
+from ml.serve.decoder import DecoderRunner
 from ml.serve.detokenize import IncrementalDetokenizer, StopStringMatcher
 from ml.serve.handle import RequestHandle
 from ml.serve.lora import BASE, AdapterRegistry, LoraAdapter, read_lora_adapter
+from ml.serve.lora_batch import LoraBatch
 from ml.serve.request import (
     Completion,
     EngineBusy,
@@ -107,7 +108,7 @@ class Engine:
         self.rows = RowTable(self.cache)
         self._order = itertools.count()
         # stacked LoRA weights per set of active adapters; scheduler thread only
-        self._stacks: dict[tuple[str, ...], tuple[list[LoraAdapter], list]] = {}
+        self._stacks: dict[tuple, tuple[list[LoraAdapter], list]] = {}
         self._stacks_generation = 0
         self._closed = False
         self._prompt_tokens_total = 0
@@ -300,24 +301,29 @@ class Engine:
                 self._waiting = deque(s for s in self._waiting if id(s) not in gone)
 
     # ---- model steps ----------------------------------------------------------------------------
-    def _lora_batch(self, seqs: list[Sequence]) -> LoraBatch | None:
+    def _lora_batch(self, seqs: list[Sequence], decode: bool) -> LoraBatch | None:
         names = sorted({s.adapter_name for s in seqs if s.adapter_name})
         if not names:
             return None
-        key = tuple(names)
         adapters = [next(s.adapter for s in seqs if s.adapter_name == n) for n in names]
+        index = {n: i for i, n in enumerate(names)}
+        row_adapter = torch.tensor([index.get(s.adapter_name, -1) for s in seqs], dtype=torch.long)
+        dtype = torch.float32 if decode else self.torch_dtype  # see lora_batch.py
+        return LoraBatch(self._stacked(tuple(names), adapters, dtype), row_adapter, len(names))
+
+    def _stacked(self, names: tuple[str, ...], adapters: list[LoraAdapter], dtype: torch.dtype) -> list:
+        """Stacked LoRA weights for a set of active adapters, cached while the set keeps running."""
         if self._stacks_generation != self.adapters.generation:  # drop stacks of dropped adapters
             self._stacks.clear()
             self._stacks_generation = self.adapters.generation
+        key = (names, dtype)
         hit = self._stacks.get(key)
         if hit is None or any(a is not b for a, b in zip(hit[0], adapters)):
             if len(self._stacks) >= 8:
                 self._stacks.pop(next(iter(self._stacks)))
-            hit = (adapters, self.runner.stack_adapters(adapters))
+            hit = (adapters, self.runner.stack_adapters(adapters, dtype))
             self._stacks[key] = hit
-        index = {n: i for i, n in enumerate(names)}
-        row_adapter = torch.tensor([index.get(s.adapter_name, -1) for s in seqs], dtype=torch.long)
-        return LoraBatch(hit[1], row_adapter, len(names))
+        return hit[1]
 
     def _prefill_step(self) -> None:
         pending = sorted(
@@ -346,7 +352,7 @@ class Engine:
         index = torch.tensor([[i, batch[i][1] - 1] for i in done], dtype=torch.long).view(-1, 2)
         rows = torch.tensor([s.row for s in seqs], dtype=torch.long)
         logits = self.runner.forward(
-            ids, pos, rows, False, self.cache, attn_len, self._lora_batch(seqs), index
+            ids, pos, rows, False, self.cache, attn_len, self._lora_batch(seqs, decode=False), index
         )
         for seq, take in batch:
             seq.cached += take
@@ -368,7 +374,7 @@ class Engine:
         self.cache.ensure(attn_len)
         index = torch.stack([torch.arange(d), torch.zeros(d, dtype=torch.long)], dim=1)
         logits = self.runner.forward(
-            ids, pos, torch.arange(d), True, self.cache, attn_len, self._lora_batch(seqs), index
+            ids, pos, torch.arange(d), True, self.cache, attn_len, self._lora_batch(seqs, decode=True), index
         )
         for s in seqs:
             s.cached += 1

@@ -1,9 +1,8 @@
-"""LoRA adapters for serving: read a PEFT folder, keep an LRU of loaded ones, stack them for a batch.
+"""LoRA adapters for serving: read a PEFT folder into plain tensors, keep an LRU of loaded ones.
 
-Owns the adapter side of multi-adapter batching. Adapters are plain tensors (A: in x r, B: r x out with
-the LoRA scaling folded in); for a batch, the active adapters of each fused projection are concatenated
-along the rank axis so a whole mixed batch costs two matmuls per projection, each row masked to its own
-adapter's rank segment. It does not run the model (decoder.py) or pick which requests run (engine.py).
+Owns adapter files and lifetimes: which LoRA variants can be served, checking an adapter fits the base,
+folding the scaling into B, and the name -> folder registry with its bounded cache. How adapters are
+applied to a mixed batch lives in lora_batch.py; the model math in decoder.py.
 """
 
 from __future__ import annotations
@@ -200,53 +199,3 @@ class AdapterRegistry:
                 raise UnknownAdapter(f"adapter {name!r} was unregistered while loading")
             self._loaded[name] = adapter
             return adapter
-
-
-@dataclass
-class StackedLora:
-    """One fused projection group's LoRA for a set of active adapters.
-
-    x @ a gives every adapter's rank activations side by side (columns grouped by projection, then
-    adapter); rows are masked to their own adapter's columns; then each projection's slice of
-    columns is multiplied by its stacked B ([R_p, out_p], no zero blocks) into its output columns.
-    """
-
-    a: torch.Tensor  # [in, R]
-    owner: torch.Tensor  # [R] index into the active adapter list
-    parts: list[tuple[int, int, int, int, torch.Tensor]]  # (col0, col1, out0, out1, B [R_p, out_p])
-
-
-def stack_group(
-    adapters: list[LoraAdapter],
-    layer: int,
-    parts: list[tuple[str, int]],
-    owners: dict[tuple[int, ...], torch.Tensor],
-) -> StackedLora | None:
-    """Stack every active adapter's LoRA for the projections `parts` ([(name, out_features)], fused
-    side by side in that order) of one layer; None if no active adapter touches them.
-
-    `owners` interns identical owner vectors so a step builds one mask per distinct layout.
-    """
-    a_cols: list[torch.Tensor] = []
-    owner: list[int] = []
-    stacked: list[tuple[int, int, int, int, torch.Tensor]] = []
-    col = out0 = 0
-    for proj, out in parts:
-        bs = []
-        start = col
-        for idx, ad in enumerate(adapters):
-            w = ad.weights.get((layer, proj))
-            if w is not None:
-                a_cols.append(w[0])
-                bs.append(w[1])
-                owner.extend([idx] * w[0].shape[1])
-                col += w[0].shape[1]
-        if bs:
-            stacked.append((start, col, out0, out0 + out, torch.cat(bs, dim=0).contiguous()))
-        out0 += out
-    if not a_cols:
-        return None
-    key = tuple(owner)
-    if key not in owners:
-        owners[key] = torch.tensor(owner, dtype=torch.long)
-    return StackedLora(a=torch.cat(a_cols, dim=1).contiguous(), owner=owners[key], parts=stacked)
