@@ -40,7 +40,7 @@ def prometheus(request: Request, session: SessionDep) -> Response:
         metrics.JOBS.labels(status).set(counts.get(status, 0))
     hub = getattr(request.app.state, "engines", None)
     if hub is not None:
-        for base, st in hub.pool.stats().items():
+        for base, st in hub.stats().items():
             metrics.ENGINE_RUNNING.labels(base).set(st.running)
             metrics.ENGINE_WAITING.labels(base).set(st.waiting)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -29,22 +29,39 @@ class Target:
     engine_id: str  # which engine (a base model id, or a full fine-tuned model id)
     adapter: str | None  # adapter name registered with that engine (the model id), or None
     adapter_dir: Path | None
+    dtype: str = "bfloat16"  # from the base model's registry entry
+    quantization: str = "none"  # "none" | "8bit" | "4bit" (bitsandbytes), from the registry entry
 
 
 class ServingHub:
     def __init__(self, settings: Settings, storage: Storage) -> None:
-        from ml.serve import EnginePool
-
         self.settings, self.storage = settings, storage
-        self.pool = EnginePool(
-            resolve=self._folder,
-            dtype=settings.serve_dtype,
-            max_batch_size=settings.serve_max_batch,
-            max_queue=settings.serve_max_queue,
-            adapter_cache_size=settings.adapter_cache_size,
-        )
+        self._pools: dict[tuple[str, str], EnginePool] = {}  # (dtype, quantization) -> engines
         self._registered: dict[str, str] = {}  # adapter model id -> engine id
         self._lock = threading.Lock()
+
+    def _pool(self, dtype: str, quantization: str):
+        from ml.serve import EnginePool
+
+        with self._lock:
+            key = (dtype, quantization)
+            if key not in self._pools:
+                self._pools[key] = EnginePool(
+                    resolve=self._folder, dtype=dtype, quantization=quantization,
+                    max_batch_size=self.settings.serve_max_batch, max_queue=self.settings.serve_max_queue,
+                    adapter_cache_size=self.settings.adapter_cache_size)
+            return self._pools[key]
+
+    @property
+    def pools(self) -> list:
+        with self._lock:
+            return list(self._pools.values())
+
+    def stats(self) -> dict:
+        out = {}
+        for pool in self.pools:
+            out.update(pool.stats())
+        return out
 
     def _folder(self, model_id: str) -> Path:
         with session_scope() as s:
@@ -57,13 +74,18 @@ class ServingHub:
         if row.kind == "reward_model":
             raise BadRequest(f"{row.id} is a reward model; score with POST /v1/rewards instead of chatting",
                              param="model", code="not_a_chat_model")
+        with session_scope() as s:
+            root = s.get(Model, row.root)
+            opts = dict(root.settings if root is not None else {})
+        dtype = opts.get("dtype") or self.settings.serve_dtype
+        quant = opts.get("quantization") or "none"
         if row.kind == "base" or not row.is_adapter:
-            return Target(row.id, None, None)
-        return Target(row.root, row.id, Path(model_dir(self.storage, row)))
+            return Target(row.id, None, None, dtype, quant)
+        return Target(row.root, row.id, Path(model_dir(self.storage, row)), dtype, quant)
 
     def engine_for(self, target: Target):
         """Blocking (loads weights the first time): call from a thread."""
-        engine = self.pool.get(target.engine_id)
+        engine = self._pool(target.dtype, target.quantization).get(target.engine_id)
         if target.adapter is not None:
             with self._lock:
                 if self._registered.get(target.adapter) != target.engine_id:
@@ -88,10 +110,12 @@ class ServingHub:
         """A deleted model: unload its adapter, or close its own engine."""
         with self._lock:
             engine_id = self._registered.pop(model_id, None)
-        if engine_id is not None and engine_id in self.pool.loaded():
-            self.pool.get(engine_id).unload_adapter(model_id)
-        if model_id in self.pool.loaded():
-            self.pool.remove(model_id)
+        for pool in self.pools:
+            if engine_id is not None and engine_id in pool.loaded():
+                pool.get(engine_id).unload_adapter(model_id)
+            if model_id in pool.loaded():
+                pool.remove(model_id)
 
     def shutdown(self) -> None:
-        self.pool.close()
+        for pool in self.pools:
+            pool.close()

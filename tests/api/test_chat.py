@@ -136,3 +136,15 @@ def test_async_client_concurrent(service, key_a):
         return rs
     rs = asyncio.run(main())
     assert len(rs) == 4 and all(r.choices[0].message.content is not None for r in rs)
+
+
+@pytest.mark.parametrize("quant", ["8bit", "4bit"])
+def test_quantized_base_from_registry_entry(service, client_a, tiny_model_path, quant):
+    """The seed's --load_8bit, now per base model: the registry entry decides how it is served."""
+    from tests.support.service import cli
+
+    name = f"tiny-llama-{quant}"
+    cli(service.env, "models", "add", name, str(tiny_model_path), "--link", "--quantization", quant,
+        "--dtype", "float32")
+    r = client_a.chat.completions.create(model=name, messages=MSG, max_tokens=4, temperature=0)
+    assert r.usage.completion_tokens >= 1
