@@ -18,7 +18,9 @@ from ml.serve.request import Completion, GenerationEvent
 
 class RequestHandle:
     """Iterate it (`for ev in h` or `async for ev in h`) to stream events; the last one has
-    finish_reason set. Events can be consumed once; result()/aresult() fold the rest together."""
+    finish_reason set. Events can be consumed once; result()/aresult() fold the rest together.
+    Abandoning an iteration before the final event (break, task cancelled because the client
+    disconnected) cancels the request."""
 
     def __init__(self, request_id: str, prompt_tokens: int) -> None:
         self.request_id = request_id
@@ -70,8 +72,12 @@ class RequestHandle:
         return ev
 
     def __iter__(self) -> Iterator[GenerationEvent]:
-        while not self._consumed_final:
-            yield self.get()
+        try:
+            while not self._consumed_final:
+                yield self.get()
+        finally:  # abandoned before the end (consumer broke out or died): stop generating
+            if not self._consumed_final:
+                self.cancel()
 
     def result(self, timeout: float | None = None) -> Completion:
         """Block until finished and return everything not yet consumed, folded together."""
@@ -86,19 +92,23 @@ class RequestHandle:
         if self._wakeup is None:
             self._wakeup = asyncio.Event()
             self._loop = asyncio.get_running_loop()
-        while not self._consumed_final:
-            try:
-                ev = self._events.get_nowait()
-            except queue.Empty:
-                # clear() and set() both run on the loop thread, so a push that lands after this
-                # clear schedules a set() that runs after we start waiting: no lost wake-up.
-                self._wakeup.clear()
-                if self._events.empty():
-                    await self._wakeup.wait()
-                continue
-            if ev.finish_reason is not None:
-                self._consumed_final = True
-            yield ev
+        try:
+            while not self._consumed_final:
+                try:
+                    ev = self._events.get_nowait()
+                except queue.Empty:
+                    # clear() and set() both run on the loop thread, so a push that lands after this
+                    # clear schedules a set() that runs after we start waiting: no lost wake-up.
+                    self._wakeup.clear()
+                    if self._events.empty():
+                        await self._wakeup.wait()
+                    continue
+                if ev.finish_reason is not None:
+                    self._consumed_final = True
+                yield ev
+        finally:  # the consumer stopped early (e.g. its task was cancelled: client disconnected)
+            if not self._consumed_final:
+                self.cancel()
 
     async def aresult(self) -> Completion:
         out = Completion()

@@ -231,3 +231,31 @@ def test_close_answers_everything_outstanding(make_engine, prompts):
     running_engine.close()
     assert busy.result(timeout=10).finish_reason == "error"
     assert queued.result(timeout=10).finish_reason == "error"
+
+
+def test_abandoned_async_stream_cancels_the_request(make_engine, prompts):
+    eng = make_engine(max_batch_size=1)
+
+    async def disconnecting_client():
+        h = eng.submit(req(prompts[1], max_tokens=400, stop_token_ids=[]))
+
+        seen = []
+
+        async def stream():
+            async for ev in h:
+                seen.append(ev)
+
+        task = asyncio.ensure_future(stream())
+        while not seen:
+            await asyncio.sleep(0.01)
+        task.cancel()  # what Starlette does when the SSE client goes away
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return h
+
+    h = asyncio.run(disconnecting_client())
+    assert h.cancelled
+    out = h.result(timeout=60)
+    assert out.finish_reason == "cancelled" and out.usage.completion_tokens < 400
+    after = eng.generate(req(prompts[0], max_tokens=3, temperature=0))  # the slot is free again
+    assert after.finish_reason in ("length", "stop")
