@@ -117,10 +117,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per request")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--repeat", type=int, default=2, help="rounds; each row reports its fastest round")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds; each row reports its fastest round")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n = args.tokens
+    load_start = os.getloadavg()[0]
 
     base = smollm2_dir()
     model = load_causal_lm(base, dtype=args.dtype).eval()
@@ -139,12 +140,17 @@ def main() -> None:
         engine_concurrent(engine, prompts[:2], ["ad2", "ad3"], 4)
         hf_sequential(model, prompts[:1], 4)
 
-        runs: dict[str, list[dict]] = {"hf": [], "base": [], "one": [], "four": []}
-        for _ in range(args.repeat):  # interleaved, so a noisy neighbour hurts every row alike
-            runs["hf"].append(hf_sequential(model, prompts, n))
-            runs["base"].append(engine_concurrent(engine, prompts, [None] * 8, n))
-            runs["one"].append(engine_concurrent(engine, prompts, ["ad0"] * 8, n))
-            runs["four"].append(engine_concurrent(engine, prompts, [f"ad{i % 4}" for i in range(8)], n))
+        todo = {
+            "hf": lambda: hf_sequential(model, prompts, n),
+            "base": lambda: engine_concurrent(engine, prompts, [None] * 8, n),
+            "one": lambda: engine_concurrent(engine, prompts, ["ad0"] * 8, n),
+            "four": lambda: engine_concurrent(engine, prompts, [f"ad{i % 4}" for i in range(8)], n),
+        }
+        runs: dict[str, list[dict]] = {k: [] for k in todo}
+        order = list(todo)
+        for r in range(args.repeat):  # interleaved and rotated, so a noisy neighbour hits every row
+            for k in order[r % 4 :] + order[: r % 4]:
+                runs[k].append(todo[k]())
     engine.close()
     hf, base_run, one, four = (min(runs[k], key=lambda r: r["wall"]) for k in ("hf", "base", "one", "four"))
 
@@ -177,7 +183,9 @@ def main() -> None:
         f"1 adapter vs base: {one['wall'] / base_run['wall']:.2f}x"
     )
     print(f"aggregate throughput vs sequential HF: {tps(base_run) / tps(hf):.2f}x (target >= 4x)")
-    print(f"load average at end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(
+        f"load average at start / end: {load_start:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    )
 
 
 if __name__ == "__main__":
