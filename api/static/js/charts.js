@@ -5,6 +5,7 @@
 import uPlot from "../vendor/uPlot.esm.js";
 import { h } from "./dom.js";
 
+const STEP_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000];
 const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2"];
 
 function sizeOf(el, height) {
@@ -32,7 +33,7 @@ export class StepChart {
     const opts = {
       ...sizeOf(this.el, height),
       scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
-      axes: [{ label: "step" }, { label: yLabel, size: 70, values: (u, ticks) => ticks.map(fmtTick) }],
+      axes: [{ label: "step", incrs: STEP_INCRS }, { label: yLabel, size: 70, values: (u, ticks) => ticks.map(fmtTick) }],
       series: [{ label: "step" }, ...series.map((s, i) => ({
         label: s.label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true,
         points: { show: true, size: 4 }, value: (u, v) => (v == null ? "–" : fmtTick(v)),

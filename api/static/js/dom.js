@@ -102,8 +102,8 @@ export function fmtPercent(share) {
 /** A simple table: columns = [{label, cell: row => node|string}] */
 export function table(columns, rows, { caption, empty = "Nothing yet." } = {}) {
   if (!rows.length) return h("p", { class: "muted" }, empty);
-  return h("table", {},
+  return h("div", { class: "table-wrap" }, h("table", {},
     caption ? h("caption", {}, caption) : null,
     h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c.label)))),
-    h("tbody", {}, rows.map((r) => h("tr", {}, columns.map((c) => h("td", {}, c.cell(r)))))));
+    h("tbody", {}, rows.map((r) => h("tr", {}, columns.map((c) => h("td", {}, c.cell(r))))))));
 }

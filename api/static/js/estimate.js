@@ -51,7 +51,7 @@ export function estimate(method, get, file) {
     const ds = adapter !== "qlora" && get("deepspeed"); // truthy when DeepSpeed is switched on
     if (ds) rate *= DEEPSPEED_SLOWDOWN;
     return { steps, epochs, batch, tokens, seconds: tokens / rate, rate,
-      basis: `${adapter.toUpperCase()}${ds ? " + DeepSpeed" : ""} on SmolLM2-135M, 2-core CPU` };
+      basis: `${{ lora: "LoRA", qlora: "QLoRA", full: "full fine-tuning" }[adapter] || adapter}${ds ? " + DeepSpeed" : ""} on SmolLM2-135M, 2-core CPU` };
   }
   if (method === "dpo" || method === "reward_model") {
     const epochs = get("n_epochs"), batch = get("batch_size"), maxSteps = get("max_steps");

@@ -10,6 +10,9 @@ const MAIN = new Set(["adapter", "n_epochs", "max_steps", "batch_size", "learnin
   "max_seq_length", "max_length", "beta", "steps", "rollouts_per_step", "num_generations", "loss_type",
   "lora", "quant", "deepspeed", "sampling"]);
 
+const GROUP_LABELS = { lora: "LoRA", quant: "QLoRA quantisation", deepspeed: "DeepSpeed", sampling: "Sampling" };
+const label = (name) => GROUP_LABELS[name] || name.replace(/_/g, " ");
+
 function text(v) {
   if (v == null) return "";
   return Array.isArray(v) ? v.join(", ") : String(v);
@@ -76,12 +79,12 @@ export class SettingsForm {
 
   group(spec, prefix) {
     const name = prefix + spec.name;
-    const fieldset = h("fieldset", { class: "group", dataset: { group: name } }, h("legend", {}, spec.name.replace(/_/g, " ")));
+    const fieldset = h("fieldset", { class: "group", dataset: { group: name } }, h("legend", {}, label(spec.name)));
     let enabled = () => true;
     if (spec.nullable) {
       const toggle = h("input", { type: "checkbox", id: `${this.idPrefix}-${name}-enabled`, checked: spec.default != null });
       const inner = h("div", { class: "grid" });
-      fieldset.append(field(`Use ${spec.name}`, toggle, spec.doc), inner);
+      fieldset.append(field(`Use ${label(spec.name)}`, toggle, spec.doc), inner);
       for (const sub of spec.fields) inner.append(this.control(sub, `${name}.`));
       const sync = () => { inner.hidden = !toggle.checked; };
       toggle.addEventListener("change", sync);

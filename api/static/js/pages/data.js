@@ -23,7 +23,6 @@ export async function render(root, [fileId]) {
     { label: "Kind", cell: (f) => f.kind || "–" },
     { label: "Format", cell: (f) => f.format || "–" },
     { label: "Examples", cell: (f) => fmtInt(f.n_examples) },
-    { label: "Size", cell: (f) => fmtBytes(f.bytes) },
     { label: "Uploaded", cell: (f) => fmtTime(f.created_at) },
   ], files, { empty: "No files yet: upload one above." }));
 
@@ -61,7 +60,9 @@ function uploadCard(onUploaded) {
       onUploaded(stored);
     } catch (err) {
       bar.hidden = true;
-      const lines = err instanceof ApiError && err.status === 400 ? err.message.split("; ") : [err.message];
+      // the 400 names each problem "line N: ..." joined by "; "
+      const lines = err instanceof ApiError && err.status === 400
+        ? err.message.split(/; (?=(?:line|record) \d|\.\.\. and )/) : [err.message];
       clear(status, h("div", { class: "notice error", role: "alert", id: "upload-error" },
         h("strong", {}, "The file was not accepted."), h("ul", {}, lines.map((l) => h("li", {}, l)))));
     }
