@@ -85,8 +85,10 @@ class ActorCritic(nn.Module):
                 position_ids=position_ids,
                 output_hidden_states=with_values,
                 use_cache=False,
+                # Project only the positions that predict response tokens (and the last, dropped below).
+                logits_to_keep=input_ids.shape[1] - prompt_len + 1,
             )
-        logits = out.logits[:, prompt_len - 1 : -1].float() / self.temperature
+        logits = out.logits[:, :-1].float() / self.temperature
         logprobs = logprobs_from_logits(logits, input_ids[:, prompt_len:])
         values = None
         if with_values:

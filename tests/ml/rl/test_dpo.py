@@ -94,3 +94,19 @@ def test_dpo_from_sft_adapter_uses_it_as_reference_and_folds_it_in(
         ).logits
     # One DPO step at lr 2e-3 moves little: the result stays near the SFT model, far from the base.
     assert (out_logits - sft_logits).abs().max() < (out_logits - base_logits).abs().max()
+
+
+def test_full_dpo_keeps_a_frozen_reference_copy(tiny_model_path, preference_files, tmp_path):
+    sink = PrintSink(verbose=False)
+    res = run_dpo(
+        dpo_config(adapter="full", max_steps=2, learning_rate=1e-4),
+        tiny_model_path,
+        preference_files["train"],
+        None,
+        tmp_path,
+        sink,
+    )
+    assert res.status == "succeeded" and not res.is_adapter
+    assert (res.model_dir / "model.safetensors").exists()
+    assert sink.steps[0][1]["rewards_chosen"] == pytest.approx(0.0, abs=1e-5)
+    assert sink.steps[-1][1]["rewards_chosen"] != pytest.approx(0.0, abs=1e-7)

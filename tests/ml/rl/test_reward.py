@@ -128,3 +128,19 @@ def test_hh_rlhf_sample_trains_with_multi_turn_prompts(tiny_model_path, tmp_path
     assert res.status == "succeeded" and res.steps == 3
     assert all(math.isfinite(v) for v in res.metrics.values())
     assert "train_accuracy" in res.metrics
+
+
+def test_full_fine_tuned_reward_model(tiny_model_path, preference_files, tmp_path):
+    cfg = small_rm_config(adapter="full", max_steps=4, learning_rate=1e-4)
+    res = run_reward_model(
+        cfg,
+        tiny_model_path,
+        preference_files["train"],
+        preference_files["valid"],
+        tmp_path,
+        PrintSink(verbose=False),
+    )
+    assert res.status == "succeeded" and res.steps == 4
+    assert {"valid_accuracy", "valid_margin", "train_accuracy"} <= set(res.metrics)
+    model, _ = load_reward_model(res.model_dir)
+    assert model.config.num_labels == 1
