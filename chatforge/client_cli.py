@@ -12,7 +12,8 @@ import os
 import re
 import sys
 import time
-from typing import Any, Iterator, TextIO
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 import httpx2 as httpx
 
@@ -77,7 +78,7 @@ class Server:
                     continue
                 else:
                     field, _, value = line.partition(":")
-                    value = value[1:] if value.startswith(" ") else value
+                    value = value.removeprefix(" ")
                     if field == "event":
                         name = value
                     elif field == "data":
@@ -119,7 +120,10 @@ def _fmt_int(n: Any) -> str:
 def print_report(f: dict, out: TextIO = sys.stdout) -> None:
     r = f.get("report") or {}
     ts = r.get("token_stats")
-    p = lambda *a: print(*a, file=out)  # noqa: E731
+
+    def p(*a) -> None:
+        print(*a, file=out)
+
     p(f"{f['filename']} -> {f['id']} ({_fmt_int(f.get('bytes'))} bytes)")
     p(f"format: {f.get('format')}   kind: {f.get('kind')}   examples: {_fmt_int(f.get('n_examples'))}"
       f" (from {_fmt_int(r.get('n_records'))} records, {_fmt_int(r.get('n_skipped', 0))} skipped)")
@@ -243,7 +247,7 @@ def cmd_jobs(args) -> int:
 
 
 def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
@@ -399,7 +403,7 @@ def _run(fn):
             print(f"error: {e}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            print("", file=sys.stderr)
+            print(file=sys.stderr)
             return 130
     return wrapped
 

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx2 as httpx
@@ -28,7 +27,7 @@ def cli_env(service):
 
 def run(env, *args, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "chatforge.cli", *args], env=env, cwd=ROOT, input=stdin,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def job_status(service, env, job_id) -> dict:
@@ -61,6 +60,16 @@ def test_files_upload_prints_the_report(sft_file):
     assert "token length histogram:" in out and "█" in out
 
 
+def test_files_upload_passes_format_and_max_length(cli_env, tmp_path):
+    path = write_jsonl(tmp_path / "forced.jsonl", sft_rows(12))
+    p = run(cli_env, "files", "upload", str(path), "--format", "openai_chat", "--max-length", "40")
+    assert p.returncode == 0, p.stderr
+    assert "format: openai_chat" in p.stdout
+    assert "over 40 tokens: 12 (100.0%)" in p.stdout  # every "What is i plus i?" example is ~50 tokens
+    wrong = run(cli_env, "files", "upload", str(path), "--format", "hh_rlhf")
+    assert wrong.returncode == 1 and "the file was not accepted" in wrong.stderr
+
+
 def test_files_upload_of_a_bad_file_names_the_lines(cli_env, tmp_path):
     good = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
     path = tmp_path / "bad.jsonl"
@@ -68,8 +77,8 @@ def test_files_upload_of_a_bad_file_names_the_lines(cli_env, tmp_path):
     p = run(cli_env, "files", "upload", str(path))
     assert p.returncode == 1
     assert "the file was not accepted" in p.stderr
-    assert re.search(r"^  bad\.jsonl: line 13: messages\[0\]\.role", p.stderr, re.M), p.stderr
-    assert re.search(r"^  line 15: invalid JSON", p.stderr, re.M), p.stderr
+    assert re.search(r"^  bad\.jsonl: line 13: messages\[0\]\.role", p.stderr, re.MULTILINE), p.stderr
+    assert re.search(r"^  line 15: invalid JSON", p.stderr, re.MULTILINE), p.stderr
     assert "Error code" not in p.stderr  # the server's words, not the SDK's wrapper
 
 
@@ -153,7 +162,7 @@ def test_jobs_create_reports_bad_settings_by_name(cli_env, sft_file):
 def _chat_requests(service) -> float:
     text = httpx.get(service.base_url + "/metrics").text
     return sum(float(v) for v in re.findall(
-        r'^chatforge_http_requests_total\{method="POST",route="/v1/chat/completions",status="200"\} (\S+)$', text, re.M))
+        r'^chatforge_http_requests_total\{method="POST",route="/v1/chat/completions",status="200"\} (\S+)$', text, re.MULTILINE))
 
 
 def test_chat_reads_piped_turns_until_exit(service, cli_env):

@@ -30,6 +30,7 @@ export async function render(root, [jobId]) {
   const { signal } = abort;
   const latest = {};
   let lastEventId = null;
+  let refreshedAt = 0;
 
   const title = h("h1", {}, `Job ${job.id} `, h("span", { id: "job-status" }, badge(job.status)));
   const meta = h("dl", { class: "meta", id: "job-meta" });
@@ -86,10 +87,11 @@ export async function render(root, [jobId]) {
       item("Learning rate", fmtNum(latest.learning_rate, 3)),
       item("Throughput", latest.tokens_per_second != null ? `${fmtInt(Math.round(latest.tokens_per_second))} tokens/s` : "–"),
       item("ETA", eta != null ? `${fmtDuration(eta)} (${fmtTime(job.estimated_finish)})` : TERMINAL.includes(job.status) ? "done" : "–"),
-      item("Trained tokens", fmtInt(job.trained_tokens)));
+      item("Trained tokens", fmtInt(latest.trained_tokens ?? job.trained_tokens)));
   }
 
   async function refreshJob() {
+    refreshedAt = Date.now();
     job = await api(`/fine_tuning/jobs/${jobId}`, { signal });
     drawJob();
   }
@@ -110,6 +112,8 @@ export async function render(root, [jobId]) {
       Object.assign(latest, e.data);
       for (const c of charts) c.push(e.data.step, e.data);
       drawJob();
+      // the ETA is the worker's (job.estimated_finish): fetch it while steps come, at most every 2 s
+      if (Date.now() - refreshedAt > 2000 && !TERMINAL.includes(job.status)) refreshJob().catch(() => {});
     } else if (/checkpoint/i.test(e.message)) {
       refreshCheckpoints().catch(() => {});
     }

@@ -1,0 +1,332 @@
+"""The web console in a real browser: headless Chromium (Debian's package, driven by Playwright through its
+executable path) against the session's service (API server, Celery worker, PostgreSQL, Redis, the tiny
+test model). Signs in with a key, uploads datasets and reads their reports, starts a LoRA job from the
+Train form and watches its loss curve grow while it trains, steers a job with pause / resume / cancel,
+and chats in the playground, alone and side by side. Screenshots of each page go to docs/img/."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.support.data import preference_rows, sft_rows, write_jsonl
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run"]
+TERMINAL = ("succeeded", "failed", "cancelled")
+STEPS = 40
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI"):  # .ci/browser installs Chromium; a missing browser in CI is a failure
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -e '.[test]')")
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} is missing (run .ci/browser)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def key(service):
+    return service.key("console")
+
+
+@pytest.fixture(scope="module")
+def page(browser, service, key):
+    """One signed-in tab for the module; page.js_errors collects uncaught script errors."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=service.base_url)
+    pg = ctx.new_page()
+    pg.set_default_timeout(30_000)
+    pg.js_errors = []
+    pg.on("pageerror", lambda e: pg.js_errors.append(str(e)))
+    pg.goto("/")
+    pg.fill("#sign-in input[type=password]", "cf-not-a-key")
+    pg.click("#sign-in button[type=submit]")
+    pg.wait_for_selector("#sign-in .notice.error:has-text('not accepted')")
+    pg.fill("#sign-in input[type=password]", key)
+    pg.click("#sign-in button[type=submit]")
+    pg.wait_for_selector("#nav:not([hidden])")
+    pg.wait_for_selector("#page-data")
+    yield pg
+    ctx.close()
+
+
+def api(service, key, method, path, **kw):
+    r = httpx.request(method, service.v1 + path, headers={"Authorization": f"Bearer {key}"}, timeout=60, **kw)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def shot(page, name: str, full_page: bool = True) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(300)  # let charts finish their frame
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
+    # a full-page capture of a scrolled page leaves Chromium's hit-testing off until the page scrolls again
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_timeout(100)
+
+
+def points(page, chart: str = "#loss-chart") -> int:
+    return int(page.get_attribute(f"{chart} .chart", "data-points") or 0)
+
+
+def wait_points(page, more_than: int, timeout: float = 120) -> int:
+    """Poll from Python: the console's CSP (no eval) rules out page.wait_for_function."""
+    end = time.monotonic() + timeout
+    while (n := points(page)) <= more_than:
+        assert time.monotonic() < end, f"the loss chart stayed at {n} points"
+        page.wait_for_timeout(200)
+    return n
+
+
+def go(page, hash_: str, ready: str) -> None:
+    if page.url.endswith(f"/{hash_}"):
+        page.reload()  # same hash: no hashchange, so start the page afresh
+    else:
+        page.goto(f"/{hash_}")
+    page.wait_for_selector(ready)
+
+
+def upload(page, path: Path) -> None:
+    go(page, "#/data", "#dropzone")
+    page.set_input_files("#upload-input", str(path))
+
+
+@pytest.fixture(scope="module")
+def sft_file(page, tmp_path_factory):
+    rows = sft_rows(24)
+    rows.append(rows[5])  # one duplicate for the report
+    upload(page, write_jsonl(tmp_path_factory.mktemp("console") / "adder.jsonl", rows))
+    page.wait_for_url(re.compile(r"#/data/file-\w+$"))
+    page.wait_for_selector("#report")
+    return page.url.rsplit("/", 1)[1]
+
+
+def test_sign_in_keeps_the_key_in_session_storage_only(page, key):
+    assert page.evaluate("sessionStorage.getItem('chatforge.key')") == key
+    assert page.evaluate("localStorage.length") == 0
+    assert page.get_attribute("nav a[href='#/data']", "aria-current") == "page"
+
+
+def test_upload_shows_the_report_histogram_and_learned_spans(page, sft_file):
+    report = page.inner_text("#report")
+    assert "25 sft examples in openai_chat format (jsonl) from 25 records" in report
+    stats = dict(zip(page.locator("#report dt").all_inner_texts(), page.locator("#report dd").all_inner_texts()))
+    assert stats["DUPLICATES"] == "1" and stats["ERRORS"] == "0"
+    assert stats["OVER 2,048 TOKENS"] == "0.0% (0)"
+    assert "line 26" not in report and "line 25: exact duplicate of line 6" in report
+    assert page.get_attribute("#histogram .chart", "data-points") == "20"  # ml.data's 20 bins
+    assert page.locator("#histogram canvas").count() == 1
+    page.wait_for_selector("#preview article.example")
+    assert page.locator("#preview article.example").count() == 5
+    learned = page.locator("#preview article.example").first.locator("mark.learned").all_inner_texts()
+    assert learned and "0 plus 0 is 0." in "".join(learned)
+    context = page.locator("#preview pre.rendered").first.inner_text()
+    assert "What is 0 plus 0?" in context  # the prompt is shown, not learned
+    assert not any("What is 0 plus 0?" in x for x in learned)
+    shot(page, "console-data")
+
+
+def test_a_bad_upload_names_its_lines(page, tmp_path):
+    good = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text(good * 11 + '{"messages": [{"role": "robot", "content": "x"}]}\n' + "{oops\n")
+    upload(page, bad)
+    error = page.wait_for_selector("#upload-error")
+    items = error.inner_text()
+    assert "line 12" in items and "robot" in items and "line 13" in items and "invalid JSON" in items
+    assert page.url.endswith("#/data")
+
+
+def test_preference_preview_splits_prompt_chosen_rejected(page, tmp_path):
+    upload(page, write_jsonl(tmp_path / "prefs.jsonl", preference_rows(12)))
+    page.wait_for_url(re.compile(r"#/data/file-\w+$"))
+    page.wait_for_selector("#preview article.preference")
+    first = page.locator("#preview article.preference").first
+    heads = first.locator("h5").all_inner_texts()
+    assert heads[0] == "Prompt" and heads[1].startswith("Chosen") and heads[2].startswith("Rejected")
+    assert "greet guest number 0" in first.locator("section").nth(0).inner_text()
+    assert "Hello, dear guest 0!" in first.locator(".chosen mark.learned").inner_text()
+    assert "Go away." in first.locator(".rejected mark.learned").inner_text()
+    shot(page, "console-data-preference")
+
+
+def _job_state(service, key, job_id):
+    return api(service, key, "GET", f"/fine_tuning/jobs/{job_id}")
+
+
+@pytest.fixture(scope="module")
+def trained(page, service, key, sft_file):
+    """A LoRA job started from the Train form; samples of the chart while it trained; the finished job."""
+    go(page, f"#/train?file={sft_file}", "#train-form")
+    assert page.is_checked("input[name=method][value=supervised]")
+    page.select_option("#job-model", "tiny-llama")
+    page.select_option("#job-validation-file", sft_file)
+    page.fill("#job-suffix", "console")
+    # checked on the page: not a number
+    page.fill("#supervised-batch_size", "four")
+    page.click("#train-form button[type=submit]")
+    page.wait_for_selector("#supervised-batch_size[aria-invalid=true]")
+    assert "whole number" in page.inner_text("#train-form")
+    page.fill("#supervised-batch_size", "4")
+    page.fill("#supervised-max_steps", str(STEPS))
+    page.fill("#supervised-max_seq_length", "64")
+    # checked by the server's config classes before the job is created
+    page.fill("#supervised-lora-r", "0")
+    page.click("#train-form button[type=submit]")
+    page.wait_for_selector("#supervised-lora-r[aria-invalid=true]")
+    assert "method.supervised.lora.r" in page.inner_text("#train-status")
+    assert page.url.endswith(f"#/train?file={sft_file}")
+    page.fill("#supervised-lora-r", "8")
+    page.wait_for_selector(f"#estimate:has-text('{STEPS} steps')")
+    estimate = page.inner_text("#estimate")
+    assert re.search(r"≈ 40 steps, ≈ [\d,]+ training tokens, ≈ \d+ s", estimate), estimate
+    shot(page, "console-train")
+    page.click("#train-form button[type=submit]")
+    page.wait_for_url(re.compile(r"#/jobs/ftjob-\w+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+
+    samples = []  # (points drawn on the loss chart, job status right after reading them)
+    end = time.monotonic() + 300
+    while time.monotonic() < end:
+        n = points(page)
+        status = _job_state(service, key, job_id)["status"]
+        samples.append((n, status))
+        if status in TERMINAL:
+            break
+        if status == "running" and n and not any(s[0] for s in samples[:-1]):
+            shot(page, "console-job-running")
+        page.wait_for_timeout(100)
+    page.wait_for_selector("#job-status .status-succeeded", timeout=60_000)
+    page.wait_for_selector("#stream-status:has-text('succeeded')")
+    return job_id, samples, _job_state(service, key, job_id)
+
+
+def test_lora_job_from_the_train_form_draws_its_loss_curve_live(page, trained):
+    _, samples, job = trained
+    assert job["status"] == "succeeded", job["error"]
+    assert job["method"]["supervised"]["lora"] == {"r": 8}
+    assert job["validation_file"] == job["training_file"]
+    growing = sorted({p for p, status in samples if status == "running" and p > 0})
+    print("loss chart points while running:", growing)
+    # points appeared on the chart while the job was still training, and kept coming
+    assert len(growing) >= 2 and growing[0] < STEPS, samples
+    assert page.get_attribute("#loss-chart .chart", "data-points") == str(STEPS)
+    assert page.get_attribute("#lr-chart .chart", "data-points") == str(STEPS)
+    stats = dict(zip(page.locator("#job-stats dt").all_inner_texts(), page.locator("#job-stats dd").all_inner_texts()))
+    assert stats["STEP"].strip() == f"{STEPS} / {STEPS}"
+    assert re.fullmatch(r"\d+\.\d+", stats["TRAIN LOSS"]) and re.fullmatch(r"\d+\.\d+", stats["VALIDATION LOSS"])
+    assert re.fullmatch(r"[\d,]+ tokens/s", stats["THROUGHPUT"])
+    assert "successfully completed" in page.inner_text("#events")
+    page.wait_for_selector("#checkpoints table")
+    assert f"{job['fine_tuned_model']}:ckpt-step-{STEPS}" in page.inner_text("#checkpoints")
+    assert page.is_disabled("#cancel-job") and page.is_disabled("#pause-job") and page.is_disabled("#resume-job")
+    shot(page, "console-job")
+
+
+def test_jobs_and_models_pages_show_status_and_lineage(page, trained):
+    job_id, _, job = trained
+    go(page, "#/jobs", "#jobs-table table")
+    row = page.locator("#jobs-table tr", has_text=job_id)
+    assert "succeeded" in row.inner_text() and f"{STEPS}/{STEPS}" in row.inner_text()
+    shot(page, "console-jobs")
+    go(page, "#/models", "#fine-tuned-models table")
+    row = page.locator("#fine-tuned-models tr", has_text=job["fine_tuned_model"])
+    assert row.locator("a", has_text="adder.jsonl").count() == 1 and row.locator("a", has_text=job_id).count() == 1
+    assert "tiny-llama" in page.inner_text("#base-models")
+    assert f"ckpt-step-{STEPS}" in page.inner_text("#checkpoints")
+    shot(page, "console-models")
+
+
+def test_pause_resume_and_cancel_buttons_steer_a_job(page, service, key, sft_file):
+    job = api(service, key, "POST", "/fine_tuning/jobs", json={
+        "model": "tiny-llama", "training_file": sft_file, "method": {"type": "supervised", "supervised": {
+            "max_steps": 400, "batch_size": 4, "max_seq_length": 64, "checkpoint_interval": 1000}}})
+    go(page, f"#/jobs/{job['id']}", "#loss-chart .chart")
+    wait_points(page, 1)
+    page.click("#pause-job")
+    page.wait_for_selector("#job-status .status-paused", timeout=120_000)
+    paused_at = points(page)
+    assert _job_state(service, key, job["id"])["status"] == "paused"
+    assert page.is_enabled("#resume-job") and page.is_disabled("#pause-job")
+    page.click("#resume-job")
+    wait_points(page, paused_at)
+    page.click("#cancel-job")
+    page.wait_for_selector("#job-status .status-cancelled", timeout=120_000)
+    assert _job_state(service, key, job["id"])["status"] == "cancelled"
+    assert paused_at < points(page) < 400
+
+
+def _send(page, text: str) -> None:
+    page.fill("#prompt", text)
+    page.press("#prompt", "Enter")
+
+
+WATCH_TEXT = """(sel) => {
+  window.__updates = 0;
+  new MutationObserver(() => { window.__updates += 1; })
+    .observe(document.querySelector(sel), {subtree: true, characterData: true, childList: true});
+}"""
+
+
+def test_playground_streams_a_reply(page):
+    """The real SmolLM2-135M-Instruct, greedy, so the answer is known and arrives over ~1-2 s."""
+    go(page, "#/playground?model=smollm2-135m-instruct", "#pane-a")
+    assert page.is_hidden("#pane-b")
+    page.fill("#temperature", "0")
+    page.fill("#max-tokens", "24")
+    page.evaluate(WATCH_TEXT, "#pane-a .chat-log")
+    _send(page, "What is the capital of France?")
+    page.wait_for_selector("#pane-a .msg.assistant[data-state=done]", timeout=120_000)
+    reply = page.locator("#pane-a .msg.assistant").first
+    chunks = int(reply.get_attribute("data-chunks"))
+    assert chunks > 1  # the reply arrived piece by piece ...
+    assert page.evaluate("window.__updates") > chunks  # ... and the page redrew as each piece came
+    assert "Paris" in reply.locator(".text").inner_text()
+    assert re.search(r"\d+ tokens · [\d.]+ s · first token after", reply.inner_text())
+    # the conversation continues: the second turn is sent with the first
+    _send(page, "And the capital of Italy?")
+    page.wait_for_selector("#pane-a .msg.assistant:nth-of-type(4)[data-state=done]", timeout=120_000)
+    assert page.locator("#pane-a .msg").count() == 4
+    assert "Rome" in page.locator("#pane-a .msg.assistant").nth(1).inner_text()
+    shot(page, "console-playground", full_page=False)
+
+
+def test_side_by_side_sends_one_prompt_to_two_models(page, trained):
+    fine_tuned = trained[2]["fine_tuned_model"]
+    go(page, "#/playground?model=tiny-llama", "#pane-a")
+    page.check("#compare")
+    assert page.is_visible("#pane-b")
+    page.select_option("#pane-b-model", fine_tuned)
+    page.fill("#max-tokens", "16")
+    _send(page, "What is 7 plus 7?")
+    page.wait_for_selector("#pane-a .msg.assistant[data-state=done]")
+    page.wait_for_selector("#pane-b .msg.assistant[data-state=done]")
+    for pane, model in (("#pane-a", "tiny-llama"), ("#pane-b", fine_tuned)):
+        assert page.locator(f"{pane} .msg.user .text").inner_text() == "What is 7 plus 7?"
+        assistant = page.locator(f"{pane} .msg.assistant")
+        assert assistant.locator(".who").inner_text() == model
+        assert int(assistant.get_attribute("data-chunks")) >= 1
+    shot(page, "console-playground-compare", full_page=False)
+
+
+def test_no_script_errors(page):
+    assert page.js_errors == []
