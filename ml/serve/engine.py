@@ -20,11 +20,12 @@ import warnings
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import torch
 
-from ml.models import TORCH_DTYPES, load_causal_lm, load_tokenizer
+from ml.models import TORCH_DTYPES, Dtype, Quantization, load_causal_lm, load_tokenizer
+from ml.records import Message
 from ml.serve.decoder import DecoderRunner
 from ml.serve.detokenize import IncrementalDetokenizer, StopStringMatcher
 from ml.serve.handle import RequestHandle
@@ -68,8 +69,8 @@ class Engine:
         self,
         base_model_path: str | Path,
         *,
-        dtype: str = "float32",
-        quantization: str = "none",
+        dtype: Dtype = "float32",
+        quantization: Quantization = "none",
         max_batch_size: int = 8,
         max_queue: int = 64,
         max_prompt_tokens: int | None = None,
@@ -82,6 +83,8 @@ class Engine:
         """start=False leaves the scheduler stopped until start() (tests use it to queue a batch)."""
         self.model_id = model_id or str(base_model_path)
         self.base_model_path = Path(base_model_path)
+        if dtype not in TORCH_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(TORCH_DTYPES)}, not {dtype!r}")
         self.torch_dtype = TORCH_DTYPES[dtype]
         if quantization == "8bit":  # bitsandbytes warns on every 8-bit matmul (STACK.md)
             warnings.filterwarnings("ignore", message="MatMul8bitLt")
@@ -171,7 +174,9 @@ class Engine:
         """Blocking convenience: submit and wait for the Completion."""
         return self.submit(req).result()
 
-    def render_chat(self, messages, tools=None) -> list[int]:
+    def render_chat(
+        self, messages: list[Message] | list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
         """Prompt token ids for a chat, tokenised exactly as training does (ml.data.render)."""
         from ml.data.render import render_prompt
 
