@@ -269,7 +269,8 @@ def run_supervised(
         "metrics": metrics,
         "config": resolved,
     }
-    if callback.stopped is not None:
+    finished = state.global_step >= state.max_steps
+    if callback.stopped == "cancel" or (callback.stopped == "pause" and not finished):
         status: Status = "paused" if callback.stopped == "pause" else "cancelled"
         return TrainResult(status=status, model_dir=None, checkpoint=latest_checkpoint(ckpt_dir), **common)
 
