@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from tests.support.data import preference_rows, sft_rows, write_jsonl
+from tests.support.data import preference_rows, prompt_rows, sft_rows, write_jsonl
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
@@ -57,6 +57,10 @@ def page(browser, service, key):
     pg.set_default_timeout(30_000)
     pg.js_errors = []
     pg.on("pageerror", lambda e: pg.js_errors.append(str(e)))
+    # console errors too: a CSP violation (e.g. something reaching for a CDN) only shows there; the
+    # 4xx answers the tests provoke on purpose (bad key, bad file) are logged as "Failed to load resource"
+    pg.on("console", lambda m: pg.js_errors.append(m.text)
+          if m.type == "error" and "the server responded with a status of 4" not in m.text else None)
     pg.goto("/")
     pg.fill("#sign-in input[type=password]", "cf-not-a-key")
     pg.click("#sign-in button[type=submit]")
@@ -169,6 +173,37 @@ def test_preference_preview_splits_prompt_chosen_rejected(page, tmp_path):
     shot(page, "console-data-preference")
 
 
+def test_train_form_has_every_method_with_its_defaults(page, sft_file):
+    go(page, "#/train", "#train-form")
+    methods = page.locator("input[name=method]").evaluate_all("els => els.map(e => e.value)")
+    assert methods == ["supervised", "dpo", "reward_model", "ppo", "rloo", "grpo", "pipeline"]
+    # supervised: adapter-dependent groups
+    assert page.input_value("#supervised-lora-r") == "16" and page.input_value("#supervised-n_epochs") == "auto"
+    assert page.is_hidden("[data-group=quant]") and page.is_visible("[data-group=deepspeed]")
+    page.select_option("#supervised-adapter", label="qlora")
+    assert page.is_visible("[data-group=quant]") and page.is_hidden("[data-group=deepspeed]")
+    assert page.locator("#supervised-quant-bits option").all_inner_texts() == ["4", "8"]
+    page.select_option("#supervised-adapter", label="full")
+    assert page.is_hidden("[data-group=lora]") and page.is_hidden("#supervised-deepspeed-stage")
+    page.check("#supervised-deepspeed-enabled")
+    assert page.is_visible("#supervised-deepspeed-stage")
+    assert "Default: 2048." in page.inner_text("#train-form")  # max_seq_length's default, with its docstring
+    # only files of the kind a method needs are offered
+    page.check("input[name=method][value=dpo]")
+    page.wait_for_selector("#dpo-beta")
+    assert page.input_value("#dpo-beta") == "0.1" and page.input_value("#dpo-learning_rate") == "0.000005"
+    offered = page.locator("#job-training-file option").evaluate_all("els => els.map(e => e.value)")
+    assert sft_file not in offered
+    page.check("input[name=method][value=grpo]")
+    page.wait_for_selector("#grpo-num_generations")
+    assert page.is_visible("#job-reward_model")  # online RL names its reward model
+    assert page.input_value("#grpo-sampling-max_new_tokens") == "64"
+    page.check("input[name=method][value=pipeline]")
+    page.wait_for_selector("#pipeline-form")
+    assert page.locator("#pipeline-form details.stage > summary").all_inner_texts() == [
+        "Stage 1: Supervised (SFT)", "Stage 2: Reward model", "Stage 3: PPO"]
+
+
 def _job_state(service, key, job_id):
     return api(service, key, "GET", f"/fine_tuning/jobs/{job_id}")
 
@@ -275,6 +310,37 @@ def test_pause_resume_and_cancel_buttons_steer_a_job(page, service, key, sft_fil
     assert paused_at < points(page) < 400
 
 
+def test_pipeline_form_starts_three_stages_and_cancels_them(page, service, key, tmp_path):
+    up = {}
+    for name, rows in (("sft", sft_rows(12)), ("pref", preference_rows(12)), ("prompts", prompt_rows(12))):
+        with write_jsonl(tmp_path / f"{name}.jsonl", rows).open("rb") as fh:
+            up[name] = api(service, key, "POST", "/files", files={"file": fh}, data={"purpose": "fine-tune"})["id"]
+    go(page, "#/train", "#train-form")
+    page.check("input[name=method][value=pipeline]")
+    page.wait_for_selector("#pipeline-form")
+    page.select_option("#pipe-model", "tiny-llama")
+    page.select_option("#pipe-sft_file", up["sft"])
+    page.select_option("#pipe-preference_file", up["pref"])
+    page.select_option("#pipe-prompts_file", up["prompts"])
+    page.fill("#pipe-sft-max_steps", "2")
+    page.fill("#pipe-sft-max_seq_length", "64")
+    page.click("#pipeline-form button[type=submit]")
+    page.wait_for_url(re.compile(r"#/pipelines/[\w-]+$"))
+    pipeline_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector("#pipeline-stages li:nth-child(3)")
+    stages = page.locator("#pipeline-stages li h2").all_inner_texts()
+    assert [re.sub(r"\s+\S+$", "", x) for x in stages] == ["1. Supervised fine-tuning", "2. Reward model", "3. PPO"]
+    assert "waiting" in stages[1] and "waiting" in stages[2]
+    p = api(service, key, "GET", f"/fine_tuning/pipelines/{pipeline_id}")
+    assert p["stages"][0]["job"]["method"]["supervised"]["max_steps"] == 2
+    page.click("#cancel-pipeline")
+    page.wait_for_selector("h1 .status-cancelled")
+    end = time.monotonic() + 120
+    while any(s["status"] not in TERMINAL for s in api(service, key, "GET", f"/fine_tuning/pipelines/{pipeline_id}")["stages"]):
+        assert time.monotonic() < end, "pipeline stages did not stop"
+        time.sleep(0.5)
+
+
 def _send(page, text: str) -> None:
     page.fill("#prompt", text)
     page.press("#prompt", "Enter")
@@ -326,6 +392,16 @@ def test_side_by_side_sends_one_prompt_to_two_models(page, trained):
         assert assistant.locator(".who").inner_text() == model
         assert int(assistant.get_attribute("data-chunks")) >= 1
     shot(page, "console-playground-compare", full_page=False)
+
+
+def test_models_page_deletes_a_fine_tuned_model(page, service, key, trained):
+    fine_tuned = trained[2]["fine_tuned_model"]
+    go(page, "#/models", "#fine-tuned-models table")
+    page.once("dialog", lambda d: d.accept())
+    page.click(f"button[aria-label='Delete {fine_tuned}']")
+    page.wait_for_selector(f".notice.ok:has-text('Deleted {fine_tuned}')")
+    assert fine_tuned not in page.inner_text("#fine-tuned-models")
+    assert fine_tuned not in [m["id"] for m in api(service, key, "GET", "/models")["data"]]
 
 
 def test_no_script_errors(page):

@@ -60,8 +60,8 @@ export async function render(root) {
     if (!confirm(`Delete ${m.id}${m.kind === "checkpoint" ? "" : " and its checkpoints"}? This cannot be undone.`)) return;
     try {
       await api(`/models/${encodeURIComponent(m.id)}`, { method: "DELETE" });
-      clear(status, notice("ok", `Deleted ${m.id}.`));
       await load();
+      clear(status, notice("ok", `Deleted ${m.id}.`));
     } catch (err) {
       clear(status, notice("error", err.message));
     }
