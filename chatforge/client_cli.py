@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -251,7 +252,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _bar(step: int, total: int | None, width: int = 24) -> str:
+def _bar(step: int, total: int | None, width: int = 20) -> str:
     if not total:
         return ""
     done = min(width, round(width * step / total))
@@ -259,7 +260,7 @@ def _bar(step: int, total: int | None, width: int = 24) -> str:
 
 
 def progress_line(data: dict, eta: float | None) -> str:
-    """`step 12/20 [████░░] 60% loss 1.2345 val 1.3 lr 1.2e-04 305 tok/s ETA 0:00:14`"""
+    """`step 12/20 [████░░] 60%  loss 1.2345  val 1.3012  305 tok/s  ETA 0:00:14  lr 1.20e-04`"""
     step, total = data.get("step"), data.get("total_steps")
     parts = [f"step {step}/{total or '?'}", _bar(step, total).rstrip()]
     loss = data.get("train_loss", data.get("policy_loss"))
@@ -267,11 +268,11 @@ def progress_line(data: dict, eta: float | None) -> str:
         parts.append(f"loss {loss:.4f}")
     if data.get("valid_loss") is not None:
         parts.append(f"val {data['valid_loss']:.4f}")
-    if data.get("learning_rate") is not None:
-        parts.append(f"lr {data['learning_rate']:.2e}")
     if data.get("tokens_per_second") is not None:
         parts.append(f"{data['tokens_per_second']:.0f} tok/s")
     parts.append(f"ETA {_duration(eta)}" if eta is not None else "ETA -")
+    if data.get("learning_rate") is not None:  # last: the first thing cut on a narrow terminal
+        parts.append(f"lr {data['learning_rate']:.2e}")
     return "  ".join(p for p in parts if p)
 
 
@@ -285,6 +286,8 @@ def watch(srv: Server, job_id: str, out: TextIO = sys.stdout) -> int:
     def emit(line: str, progress: bool = False) -> None:
         nonlocal dirty
         if live:
+            if progress:  # one terminal row, redrawn in place: a wrapped line could not be
+                line = line[: shutil.get_terminal_size().columns - 1]
             out.write("\r\033[K" + line + ("" if progress else "\n"))
             dirty = progress
         else:
@@ -405,6 +408,9 @@ def _run(fn):
         except KeyboardInterrupt:
             print(file=sys.stderr)
             return 130
+        except BrokenPipeError:  # `chatforge ... | head`: stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
     return wrapped
 
 
