@@ -82,6 +82,7 @@ def api(service, key, method, path, **kw):
 
 def shot(page, name: str, full_page: bool = True) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")  # else the sticky header is drawn mid-page
     page.wait_for_timeout(300)  # let charts finish their frame
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
     # a full-page capture of a scrolled page leaves Chromium's hit-testing off until the page scrolls again
@@ -232,6 +233,7 @@ def trained(page, service, key, sft_file):
     assert "method.supervised.lora.r" in page.inner_text("#train-status")
     assert page.url.endswith(f"#/train?file={sft_file}")
     page.fill("#supervised-lora-r", "8")
+    assert page.get_attribute("#supervised-lora-r", "aria-invalid") is None  # editing clears the complaint
     page.wait_for_selector(f"#estimate:has-text('{STEPS} steps')")
     estimate = page.inner_text("#estimate")
     assert re.search(r"≈ 40 steps, ≈ [\d,]+ training tokens, ≈ \d+ s", estimate), estimate

@@ -74,6 +74,7 @@ export class SettingsForm {
     wrap.append(errorEl);
     if (spec.kind === "bool" && !spec.auto) wrap.classList.add("checkbox");
     this.controls.set(name, { spec, input, get, set, wrap, errorEl });
+    input.addEventListener("input", () => { errorEl.textContent = ""; input.removeAttribute("aria-invalid"); });
     return wrap;
   }
 

@@ -87,6 +87,7 @@ function jobForm(box, method, schema, files, models, loadFile, preselected) {
       `Assumes ~${est.rate} tokens/s (${est.basis}); a GPU is much faster, larger models slower.`));
   };
   settings.onInput(refresh);
+  settings.el.addEventListener("input", () => clear(status)); // an old complaint no longer applies
   form.querySelector("#job-training-file").addEventListener("change", refresh);
   refresh();
 
