@@ -80,7 +80,8 @@ class Engine:
         model_id: str | None = None,
         start: bool = True,
     ) -> None:
-        """start=False leaves the scheduler stopped until start() (tests use it to queue a batch)."""
+        """Loads the model (seconds; blocking) on the engine's own thread and returns when it is ready.
+        start=False leaves the scheduler stopped until start() (tests use it to queue a batch)."""
         self.model_id = model_id or str(base_model_path)
         self.base_model_path = Path(base_model_path)
         if dtype not in TORCH_DTYPES:
@@ -89,26 +90,12 @@ class Engine:
         if quantization == "8bit":  # bitsandbytes warns on every 8-bit matmul (STACK.md)
             warnings.filterwarnings("ignore", message="MatMul8bitLt")
         self.tokenizer = load_tokenizer(base_model_path)
-        self.model = load_causal_lm(base_model_path, dtype=dtype, quantization=quantization).eval()
-        cfg = self.model.config
-        limit = getattr(cfg, "max_position_embeddings", None) or 4096
-        self.max_total_tokens = min(max_total_tokens or min(limit, 4096), limit)
-        self.max_prompt_tokens = min(
-            max_prompt_tokens or self.max_total_tokens - 1, self.max_total_tokens - 1
-        )
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.prefill_chunk = max(1, prefill_chunk)
-        positions = self.max_total_tokens + self.prefill_chunk  # padded prefill may write past the end
-        self.runner = DecoderRunner(self.model, self.torch_dtype, positions, self.max_total_tokens)
-        self.vocab_size = self.runner.vocab_size
-        self.cache = self.runner.new_cache(max_batch_size, positions)
         self.adapters = AdapterRegistry(adapter_cache_size, self._read_adapter)
-        self.eos_ids = self._eos_ids()
-
         self._lock = threading.Condition()
         self._waiting: deque[Sequence] = deque()
-        self.rows = RowTable(self.cache)
         self._order = itertools.count()
         # stacked LoRA weights per set of active adapters; scheduler thread only
         self._stacks: dict[tuple, tuple[list[LoraAdapter], list]] = {}
@@ -117,13 +104,56 @@ class Engine:
         self._prompt_tokens_total = 0
         self._generated_total = 0
         self._finished_total = 0
-        self._thread = threading.Thread(target=self._loop, name=f"engine:{self.model_id}", daemon=True)
+        # Every torch op of the engine (loading included) runs on this one thread. OpenMP keeps a
+        # worker pool per calling thread; once two pools exist on a small machine libgomp stops
+        # spinning and each parallel region pays a sleep/wake-up (measured: 8 -> 100 us per small
+        # matmul), so other threads of a serving process should leave torch alone.
+        self._ready = threading.Event()
+        self._go = threading.Event()
+        self._load_error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._main,
+            args=(dtype, quantization, max_prompt_tokens, max_total_tokens),
+            name=f"engine:{self.model_id}",
+            daemon=True,
+        )
+        self._thread.start()
+        self._ready.wait()
+        if self._load_error is not None:
+            raise self._load_error
         if start:
             self.start()
 
+    def _setup(self, dtype, quantization, max_prompt_tokens, max_total_tokens) -> None:
+        self.model = load_causal_lm(self.base_model_path, dtype=dtype, quantization=quantization).eval()
+        cfg = self.model.config
+        limit = getattr(cfg, "max_position_embeddings", None) or 4096
+        self.max_total_tokens = min(max_total_tokens or min(limit, 4096), limit)
+        self.max_prompt_tokens = min(
+            max_prompt_tokens or self.max_total_tokens - 1, self.max_total_tokens - 1
+        )
+        positions = self.max_total_tokens + self.prefill_chunk  # padded prefill may write past the end
+        self.runner = DecoderRunner(self.model, self.torch_dtype, positions, self.max_total_tokens)
+        self.vocab_size = self.runner.vocab_size
+        self.cache = self.runner.new_cache(self.max_batch_size, positions)
+        self.rows = RowTable(self.cache)
+        self.eos_ids = self._eos_ids()
+
+    def _main(self, *setup_args) -> None:
+        torch.set_num_threads(torch.get_num_threads())  # this thread's OpenMP team gets the same size
+        try:
+            self._setup(*setup_args)
+        except Exception as exc:  # noqa: BLE001 -- handed to the constructor, which raises it
+            self._load_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._go.wait()
+        self._loop()
+
     def start(self) -> None:
-        if not self._thread.is_alive():
-            self._thread.start()
+        """Begin scheduling (only needed after start=False)."""
+        self._go.set()
 
     # ---- public API -----------------------------------------------------------------------------
     def register_adapter(self, name: str, path: str | Path) -> None:
@@ -200,10 +230,8 @@ class Engine:
         with self._lock:
             self._closed = True
             self._lock.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        elif self._thread.ident is None:  # never started: nobody else will answer the waiting
-            self._drain_waiting("engine closed")
+        self._go.set()  # a never-started scheduler still runs once to answer the waiting requests
+        self._thread.join(timeout)
 
     def __enter__(self) -> Self:
         return self

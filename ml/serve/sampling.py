@@ -26,6 +26,7 @@ class SamplingState:
     logprobs: bool
     top_logprobs: int
     generator: torch.Generator
+    vocab_size: int
     counts: torch.Tensor | None = None  # [vocab] float32 output-token counts, only with penalties
     _penalised: bool = field(init=False)
 
@@ -44,22 +45,23 @@ class SamplingState:
             logprobs=req.logprobs,
             top_logprobs=req.top_logprobs,
             generator=gen,
+            vocab_size=vocab_size,
         )
-        if st._penalised:
-            st.counts = torch.zeros(vocab_size, dtype=torch.float32)
-        return st
+        return st  # counts are allocated on the engine thread, at the first token
 
     @property
     def plain_greedy(self) -> bool:
         return self.temperature == 0 and not self._penalised
 
     def observe(self, token: int) -> None:
-        if self.counts is not None:
+        if self._penalised:
+            if self.counts is None:
+                self.counts = torch.zeros(self.vocab_size, dtype=torch.float32)
             self.counts[token] += 1
 
     def pick(self, logits: torch.Tensor) -> int:
         """Choose a token from one row of float32 logits [vocab]."""
-        if self._penalised:
+        if self.counts is not None:  # penalties apply once there are generated tokens
             c = self.counts
             logits = logits - self.frequency_penalty * c - self.presence_penalty * (c > 0).float()
         if self.temperature == 0:
