@@ -195,7 +195,7 @@ def file_content(file_id: str, session: SessionDep, project: ProjectDep, storage
 @router.get("/files/{file_id}/preview")
 def file_preview(file_id: str, session: SessionDep, project: ProjectDep, storage: StorageDep,
                  n: Annotated[int, Query(ge=1, le=50)] = 5, model: str | None = None) -> dict:
-    from ml.data import preview
+    from ml.data.preview import preview
 
     f = owned_file(session, project, file_id)
     if not f.canonical_key:
