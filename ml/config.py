@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 Auto = Literal["auto"]
 AUTO = "auto"
@@ -77,7 +77,12 @@ def _bool(name: str, v: Any, auto: bool = False) -> None:
 
 
 class _DictMixin:
-    """from_dict/to_dict for these dataclasses; nested errors get a dotted param name."""
+    """from_dict/to_dict for these dataclasses; nested errors get a dotted param name.
+
+    `_nested` maps a field to the settings class its dict form is built into (shared with ml.rl.config).
+    """
+
+    _nested: ClassVar[dict[str, type]] = {}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None):
@@ -88,7 +93,7 @@ class _DictMixin:
                 raise ConfigError(key, f"unknown parameter (known: {', '.join(sorted(known))})")
         kwargs = {}
         for name, value in d.items():
-            sub = _NESTED.get((cls.__name__, name))
+            sub = cls._nested.get(name)
             if sub is not None and isinstance(value, dict):
                 try:
                     value = sub.from_dict(value)
@@ -216,6 +221,9 @@ class SupervisedConfig(_DictMixin):
     seed: int = 42
     """Seed for shuffling, dropout and adapter initialisation: same seed + data = same run."""
 
+    _nested: ClassVar[dict[str, type]] = {"lora": LoraSettings, "quant": QuantSettings,
+                                          "deepspeed": DeepSpeedSettings}
+
     def __post_init__(self) -> None:
         _choice("adapter", self.adapter, ("lora", "qlora", "full"))
         for name, cls in (("lora", LoraSettings), ("quant", QuantSettings)):
@@ -287,11 +295,6 @@ class SupervisedConfig(_DictMixin):
         return BASE_LEARNING_RATE[self.adapter] * self.learning_rate_multiplier
 
 
-_NESTED = {
-    ("SupervisedConfig", "lora"): LoraSettings,
-    ("SupervisedConfig", "quant"): QuantSettings,
-    ("SupervisedConfig", "deepspeed"): DeepSpeedSettings,
-}
 
 
 # OpenAI's published rule for default epochs (openai-cookbook, "chat finetuning data prep").

@@ -9,10 +9,11 @@ take them as arguments.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from ml.config import SCHEDULERS, ConfigError, LoraSettings, Scheduler
+from ml.config import _DictMixin as _DictForm
 
 __all__ = [
     "ConfigError",
@@ -52,43 +53,6 @@ def _choice(name: str, v: Any, options: tuple) -> None:
 def _bool(name: str, v: Any) -> None:
     if not isinstance(v, bool):
         raise ConfigError(name, f"must be true or false, got {v!r}")
-
-
-class _DictForm:
-    """from_dict / to_dict; nested settings are built from dicts and their errors get a dotted name."""
-
-    _nested: ClassVar[dict[str, type]] = {}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None):
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        for key in d:
-            if key not in known:
-                raise ConfigError(key, f"unknown parameter (known: {', '.join(sorted(known))})")
-        kwargs = {}
-        for name, value in d.items():
-            sub = cls._nested.get(name)
-            if sub is not None and isinstance(value, dict):
-                try:
-                    value = sub.from_dict(value)
-                except ConfigError as e:
-                    raise e.under(name) from None
-            elif isinstance(value, list):
-                value = tuple(value)
-            kwargs[name] = value
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if is_dataclass(v):
-                v = v.to_dict()
-            elif isinstance(v, tuple):
-                v = list(v)
-            out[f.name] = v
-        return out
 
 
 def _nested(obj: Any, name: str, cls: type) -> None:
