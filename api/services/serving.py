@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from api.errors import BadRequest
 from chatforge.basemodels import model_dir
@@ -15,6 +16,9 @@ from chatforge.db.models import Model
 from chatforge.db.session import session_scope
 from chatforge.settings import Settings
 from chatforge.storage import Storage
+
+if TYPE_CHECKING:
+    from ml.serve import EnginePool
 
 
 @lru_cache(maxsize=64)
