@@ -29,7 +29,7 @@ from ml.config import LoraSettings, SupervisedConfig
 from ml.events import PrintSink
 from ml.records import Conversation, Message, write_canonical
 
-ALPACA = Path("/work/shared/datasets/sft_tatsu_alpaca_first335.json")
+ALPACA = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "samples" / "sft_tatsu_alpaca_first335.json"
 
 
 class StepClock(TrainerCallback):

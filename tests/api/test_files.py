@@ -2,15 +2,14 @@
 
 import gzip
 import json
-from pathlib import Path
 
 import httpx2 as httpx
 import openai
 import pytest
 
-from tests.support.data import preference_rows, sft_rows, write_jsonl
+from tests.support.data import SAMPLES, preference_rows, sft_rows, write_jsonl
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+SHARED = SAMPLES
 
 
 def test_upload_report_and_retrieve(client_a, tmp_path):
@@ -69,7 +68,7 @@ def test_too_few_examples_and_unknown_purpose(client_a, tmp_path):
 
 
 def test_oversized_upload_is_413(service, key_a, tmp_path):
-    from tests.support.service import spawn, wait_http, free_port
+    from tests.support.service import free_port, spawn, wait_http
 
     env = dict(service.env, CHATFORGE_MAX_UPLOAD_BYTES="1000")
     port = free_port()

@@ -1,4 +1,4 @@
-"""Every real sample in ../shared/datasets through the openai SDK (format, kind, count), and every
+"""Every real sample in tests/fixtures/samples through the openai SDK (format, kind, count), and every
 file of the malformed corpus refused with a 4xx whose message names the line, record or field."""
 
 import json
@@ -8,9 +8,10 @@ import openai
 import pytest
 
 from tests.ml.data.test_data_real_files import EXPECTED
+from tests.support.data import SAMPLES
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "datasets"
+SHARED = SAMPLES
 MALFORMED = ROOT / "tests" / "fixtures" / "datasets" / "malformed"
 MANIFEST = json.loads((MALFORMED / "manifest.json").read_text())
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# Real public dataset samples (sources and licences: tests/fixtures/samples/MANIFEST.md).
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "samples"
+
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

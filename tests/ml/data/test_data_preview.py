@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ml.data import inspect_file, preview
+from tests.support.data import SAMPLES
 
-DATASETS = Path("/work/shared/datasets")
+DATASETS = SAMPLES
 VALID = Path(__file__).parents[2] / "fixtures" / "datasets" / "valid"
 
 

@@ -1,7 +1,7 @@
-"""Every real public sample in /work/shared/datasets: detected format, kind and exact example count,
+"""Every real public sample in tests/fixtures/samples: detected format, kind and exact example count,
 plus spot checks that the conversion kept what matters (history, tool calls, newlines).
 
-Counts were established independently (see the shared MANIFEST): tatsu alpaca has one "<nooutput>"
+Counts were established independently (see tests/fixtures/samples/MANIFEST.md): tatsu alpaca has one "<nooutput>"
 and one empty output (skipped), the hfcols copy of its first 100 has the "<nooutput>" one, hh-rlhf
 line 87 has an empty chosen reply (skipped), the MedicalGPT ShareGPT line 119 ends on a human turn
 (trimmed with a warning, still counted). KTO is recognised but refused as not trainable yet.
@@ -10,14 +10,14 @@ line 87 has an empty chosen reply (skipped), the MedicalGPT ShareGPT line 119 en
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from ml.data import inspect_file
 from ml.records import Conversation, PreferenceExample, read_canonical
+from tests.support.data import SAMPLES
 
-DATASETS = Path("/work/shared/datasets")
+DATASETS = SAMPLES
 
 # file -> (format, kind, n_examples, n_skipped, ok)
 EXPECTED = {
@@ -51,7 +51,7 @@ DUPLICATES = {
 
 
 def test_all_twenty_files_are_covered():
-    files = {p.name for p in DATASETS.iterdir() if p.name != "MANIFEST.md"}
+    files = {p.name for p in DATASETS.iterdir() if p.suffix != ".md"}
     assert files == set(EXPECTED)
 
 

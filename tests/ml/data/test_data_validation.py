@@ -12,8 +12,9 @@ import pytest
 
 from ml.data import Problem, inspect_file, inspect_rows
 from ml.records import read_canonical
+from tests.support.data import SAMPLES
 
-DATASETS = Path("/work/shared/datasets")
+DATASETS = SAMPLES
 
 
 def chat(i, last="assistant"):

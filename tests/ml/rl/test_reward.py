@@ -1,6 +1,5 @@
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -10,10 +9,11 @@ from ml.records import Message, read_canonical, write_canonical
 from ml.rl.config import RewardModelConfig
 from ml.rl.reward import run_reward_model
 from ml.rl.reward_model import load_reward_model, reward_input_ids, score
+from tests.support.data import SAMPLES
 
 from .toys import PauseAfter
 
-HH_SAMPLE = Path("/work/shared/datasets/pref_hh_rlhf_harmless_base_test_first500.jsonl")
+HH_SAMPLE = SAMPLES / "pref_hh_rlhf_harmless_base_test_first500.jsonl"
 
 
 def small_rm_config(**kw) -> RewardModelConfig:
@@ -100,8 +100,6 @@ def test_reward_model_resumes_from_checkpoint(tiny_model_path, preference_files,
 
 
 def test_hh_rlhf_sample_trains_with_multi_turn_prompts(tiny_model_path, tmp_path):
-    if not HH_SAMPLE.exists():
-        pytest.skip("hh-rlhf sample not present")
     from ml.data import inspect_file
 
     canonical = tmp_path / "hh.jsonl"
