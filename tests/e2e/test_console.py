@@ -26,7 +26,7 @@ STEPS = 40
 
 
 def _unavailable(reason: str):
-    if os.environ.get("CI"):  # .ci/browser installs Chromium; a missing browser in CI is a failure
+    if os.environ.get("CI"):  # scripts/test.sh installs Chromium; a missing browser in CI is a failure
         pytest.fail(reason)
     pytest.skip(reason)
 
@@ -38,7 +38,7 @@ def browser():
     except ImportError:
         _unavailable("playwright is not installed (pip install -e '.[test]')")
     if not CHROMIUM.exists():
-        _unavailable(f"{CHROMIUM} is missing (run .ci/browser)")
+        _unavailable(f"{CHROMIUM} is missing (run scripts/browser.sh)")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
         yield b
