@@ -54,6 +54,7 @@ class SinkCallback(TrainerCallback):
         self._tokens_at_step_start = 0
         self._tokens_per_second: float | None = None
         self._epoch_reported = -1
+        self.last_eval_step: int | None = None
 
     # -- helpers ---------------------------------------------------------------------------------
     def _main(self, state: TrainerState) -> bool:
@@ -145,6 +146,7 @@ class SinkCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kw
     ):
         metrics = metrics or {}
+        self.last_eval_step = state.global_step
         step, values = self._pending or (state.global_step, {})
         self._pending = None
         if "eval_loss" in metrics:
@@ -176,3 +178,13 @@ class SinkCallback(TrainerCallback):
             self._log(state, f"Training cancelled at step {state.global_step} of {state.max_steps}{loss_s}.")
         else:
             self._log(state, f"Training finished: {state.global_step} steps{loss_s}.")
+
+
+def evaluate_final(trainer, callback: SinkCallback) -> None:
+    """Validation metrics of the model as trained: one more evaluation at the last step, unless that step
+    was just evaluated (or there is no validation set, or the run was stopped early)."""
+    if trainer.eval_dataset is None or callback.stopped is not None:
+        return
+    if callback.last_eval_step == trainer.state.global_step:
+        return
+    trainer.evaluate()
