@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ml.serve.architectures import SUPPORTED_MODEL_TYPES, unsupported_reason
 from ml.serve.kv_cache import KVCache
 from ml.serve.lora import LoraAdapter
 from ml.serve.lora_batch import GroupLayout, LoraBatch, StackedLora, stack_adapters
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+__all__ = ["SUPPORTED_MODEL_TYPES", "DecoderRunner", "UnsupportedModel"]
 # Fused projections: name -> (input source, parts in output order).
 GROUPS = {
     "qkv": ("q_proj", "k_proj", "v_proj"),
@@ -52,7 +53,9 @@ class _Proj:
             if any(m.bias is not None for m in modules):
                 self.bias = torch.cat(
                     [
-                        m.bias.data if m.bias is not None else torch.zeros(m.out_features, dtype=w.dtype)
+                        m.bias.data
+                        if m.bias is not None
+                        else torch.zeros(m.out_features, dtype=w.dtype, device=w.device)
                         for m in modules
                     ]
                 )
@@ -84,17 +87,18 @@ class DecoderRunner:
         """max_positions: size of the rotary table (>= any position written, padding included);
         max_context: the longest real sequence served (checked against a sliding window)."""
         cfg = model.config
-        if cfg.model_type not in SUPPORTED_MODEL_TYPES:
-            raise UnsupportedModel(
-                f"model_type {cfg.model_type!r} is not supported by the serving engine "
-                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-            )
+        reason = unsupported_reason({"model_type": cfg.model_type})
+        if reason is not None:
+            raise UnsupportedModel(reason)
         window = getattr(cfg, "sliding_window", None)
         if window and getattr(cfg, "use_sliding_window", True) and (max_context or max_positions) > window:
             raise UnsupportedModel(f"sliding-window attention ({window}) is not supported beyond the window")
         self.model = model
         self.config = cfg
         self.dtype = dtype
+        # Every tensor the engine makes lives where the model's embeddings do (a bitsandbytes base
+        # lands on cuda:0 by itself; a plain one wherever it was loaded).
+        self.device = model.get_input_embeddings().weight.device
         self.num_layers = cfg.num_hidden_layers
         self.num_heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads
@@ -141,8 +145,8 @@ class DecoderRunner:
                 offset += self.proj_shapes[p][1]
             self.lora_layouts[g] = lay
         # HF computes cos/sin in fp32 from position ids, then casts: a table gives the same values.
-        pos = torch.arange(max_positions)[None]
-        probe = torch.empty(1, dtype=dtype)
+        pos = torch.arange(max_positions, device=self.device)[None]
+        probe = torch.empty(1, dtype=dtype, device=self.device)
         with torch.inference_mode():
             cos, sin = inner.rotary_emb(probe, position_ids=pos)
         half = self.head_dim // 2
@@ -150,13 +154,15 @@ class DecoderRunner:
         self.sin = torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1).contiguous()  # signed
 
     def new_cache(self, rows: int, max_capacity: int) -> KVCache:
-        return KVCache(self.num_layers, rows, self.kv_heads, self.head_dim, self.dtype, max_capacity)
+        return KVCache(
+            self.num_layers, rows, self.kv_heads, self.head_dim, self.dtype, max_capacity, device=self.device
+        )
 
     # ---- LoRA -----------------------------------------------------------------------------------
     def stack_adapters(
         self, adapters: list[LoraAdapter], dtype: torch.dtype
     ) -> list[dict[str, StackedLora | None]]:
-        return stack_adapters(adapters, self.num_layers, self.lora_layouts, dtype)
+        return stack_adapters(adapters, self.num_layers, self.lora_layouts, dtype, self.device)
 
     # ---- forward --------------------------------------------------------------------------------
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -210,7 +216,8 @@ class DecoderRunner:
         nh, kvh, hd = self.num_heads, self.kv_heads, self.head_dim
         cos = self.cos[pos].unsqueeze(2)  # [n, T, 1, hd]
         sin = self.sin[pos].unsqueeze(2)
-        hide = torch.arange(attn_len)[None, None, :] > pos[:, :, None]  # [n, T, L] keys not visible
+        # [n, T, L] keys not visible
+        hide = torch.arange(attn_len, device=pos.device)[None, None, :] > pos[:, :, None]
         r0 = int(rows[0]) if contiguous_rows else 0
         row_ix = rows[:, None]
         x = self.embed(ids).to(self.dtype)

@@ -78,15 +78,19 @@ class Engine:
         adapter_cache_size: int = 8,
         prefill_chunk: int = 256,
         model_id: str | None = None,
+        device: str | None = None,
         start: bool = True,
     ) -> None:
         """Loads the model (seconds; blocking) on the engine's own thread and returns when it is ready.
+        device: where the base model is loaded ("cpu", "cuda", "cuda:1"); None = cuda when available.
+        Every tensor the engine makes follows the model (self.device), wherever it ended up.
         start=False leaves the scheduler stopped until start() (tests use it to queue a batch)."""
         self.model_id = model_id or str(base_model_path)
         self.base_model_path = Path(base_model_path)
         if dtype not in TORCH_DTYPES:
             raise ValueError(f"dtype must be one of {sorted(TORCH_DTYPES)}, not {dtype!r}")
         self.torch_dtype = TORCH_DTYPES[dtype]
+        self.requested_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if quantization == "8bit":  # bitsandbytes warns on every 8-bit matmul (STACK.md)
             warnings.filterwarnings("ignore", message="MatMul8bitLt")
         self.tokenizer = load_tokenizer(base_model_path)
@@ -124,8 +128,15 @@ class Engine:
         if start:
             self.start()
 
+    def _load_model(self, dtype: Dtype, quantization: Quantization) -> torch.nn.Module:
+        # On CPU no device_map: bitsandbytes' CPU backend loads without one (STACK.md).
+        device_map = {"": self.requested_device} if self.requested_device != "cpu" else None
+        return load_causal_lm(
+            self.base_model_path, dtype=dtype, quantization=quantization, device_map=device_map
+        ).eval()
+
     def _setup(self, dtype, quantization, max_prompt_tokens, max_total_tokens) -> None:
-        self.model = load_causal_lm(self.base_model_path, dtype=dtype, quantization=quantization).eval()
+        self.model = self._load_model(dtype, quantization)
         cfg = self.model.config
         limit = getattr(cfg, "max_position_embeddings", None) or 4096
         self.max_total_tokens = min(max_total_tokens or min(limit, 4096), limit)
@@ -134,6 +145,7 @@ class Engine:
         )
         positions = self.max_total_tokens + self.prefill_chunk  # padded prefill may write past the end
         self.runner = DecoderRunner(self.model, self.torch_dtype, positions, self.max_total_tokens)
+        self.device = self.runner.device
         self.vocab_size = self.runner.vocab_size
         self.cache = self.runner.new_cache(self.max_batch_size, positions)
         self.rows = RowTable(self.cache)
@@ -186,7 +198,7 @@ class Engine:
             adapter_name=adapter,
             max_new=max_new,
             stop_ids=stop_ids,
-            sampling=SamplingState.from_request(req, self.vocab_size),
+            sampling=SamplingState.from_request(req, self.vocab_size, self.device),
             detok=IncrementalDetokenizer(self.tokenizer),
             matcher=StopStringMatcher(req.stop),
             order=next(self._order),
@@ -334,13 +346,17 @@ class Engine:
                 self._waiting = deque(s for s in self._waiting if id(s) not in gone)
 
     # ---- model steps ----------------------------------------------------------------------------
+    def _ids(self, values: list) -> torch.Tensor:
+        """A long tensor on the model's device (index/id/position tensors of one step)."""
+        return torch.tensor(values, dtype=torch.long, device=self.device)
+
     def _lora_batch(self, seqs: list[Sequence], decode: bool) -> LoraBatch | None:
         names = sorted({s.adapter_name for s in seqs if s.adapter_name})
         if not names:
             return None
         adapters = [next(s.adapter for s in seqs if s.adapter_name == n) for n in names]
         index = {n: i for i, n in enumerate(names)}
-        row_adapter = torch.tensor([index.get(s.adapter_name, -1) for s in seqs], dtype=torch.long)
+        row_adapter = self._ids([index.get(s.adapter_name, -1) for s in seqs])
         dtype = torch.float32 if decode else self.torch_dtype  # see lora_batch.py
         return LoraBatch(self._stacked(tuple(names), adapters, dtype), row_adapter, len(names))
 
@@ -372,18 +388,17 @@ class Engine:
             batch.append((seq, take))
             budget -= take
         t = max(take for _, take in batch)
-        n = len(batch)
-        ids = torch.zeros(n, t, dtype=torch.long)
-        starts = torch.tensor([s.cached for s, _ in batch], dtype=torch.long)
-        for i, (seq, take) in enumerate(batch):
-            ids[i, :take] = torch.tensor(seq.req.prompt_ids[seq.cached : seq.cached + take])
-        pos = starts[:, None] + torch.arange(t)[None, :]
-        attn_len = int(starts.max()) + t
+        # built as Python lists and copied to the device once per step (one transfer each)
+        ids = self._ids(
+            [seq.req.prompt_ids[seq.cached : seq.cached + take] + [0] * (t - take) for seq, take in batch]
+        )
+        pos = self._ids([list(range(seq.cached, seq.cached + t)) for seq, _ in batch])
+        attn_len = max(seq.cached for seq, _ in batch) + t
         self.cache.ensure(attn_len)
         done = [i for i, (seq, take) in enumerate(batch) if seq.cached + take == seq.prompt_len]
         seqs = [s for s, _ in batch]
-        index = torch.tensor([[i, batch[i][1] - 1] for i in done], dtype=torch.long).view(-1, 2)
-        rows = torch.tensor([s.row for s in seqs], dtype=torch.long)
+        index = self._ids([[i, batch[i][1] - 1] for i in done]).view(-1, 2)
+        rows = self._ids([s.row for s in seqs])
         logits = self.runner.forward(
             ids, pos, rows, False, self.cache, attn_len, self._lora_batch(seqs, decode=False), index
         )
@@ -401,13 +416,14 @@ class Engine:
     def _decode_step(self) -> None:
         seqs = self.rows.decoding()
         d = len(seqs)
-        ids = torch.tensor([[s.generated[-1]] for s in seqs], dtype=torch.long)
-        pos = torch.tensor([[s.cached] for s in seqs], dtype=torch.long)
-        attn_len = int(pos.max()) + 1
+        ids = self._ids([[s.generated[-1]] for s in seqs])
+        pos = self._ids([[s.cached] for s in seqs])
+        attn_len = max(s.cached for s in seqs) + 1
         self.cache.ensure(attn_len)
-        index = torch.stack([torch.arange(d), torch.zeros(d, dtype=torch.long)], dim=1)
+        index = self._ids([[i, 0] for i in range(d)])
+        rows = self._ids(list(range(d)))
         logits = self.runner.forward(
-            ids, pos, torch.arange(d), True, self.cache, attn_len, self._lora_batch(seqs, decode=True), index
+            ids, pos, rows, True, self.cache, attn_len, self._lora_batch(seqs, decode=True), index
         )
         for s in seqs:
             s.cached += 1

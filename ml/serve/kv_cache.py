@@ -23,12 +23,14 @@ class KVCache:
         dtype: torch.dtype,
         max_capacity: int,
         initial_capacity: int = 256,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.layers, self.rows, self.kv_heads, self.head_dim = layers, rows, kv_heads, head_dim
         self.dtype = dtype
+        self.device = torch.device(device)
         self.max_capacity = max_capacity
         self.capacity = 0
-        self.k = self.v = torch.empty(0)
+        self.k = self.v = torch.empty(0, dtype=dtype, device=self.device)
         self.ensure(min(initial_capacity, max_capacity))
 
     @property
@@ -46,8 +48,8 @@ class KVCache:
             cap *= 2
         cap = min(cap, self.max_capacity)
         shape = (self.layers, self.rows, self.kv_heads, cap, self.head_dim)
-        k = torch.zeros(shape, dtype=self.dtype)
-        v = torch.zeros(shape, dtype=self.dtype)
+        k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        v = torch.zeros(shape, dtype=self.dtype, device=self.device)
         if self.capacity:
             k[:, :, :, : self.capacity] = self.k
             v[:, :, :, : self.capacity] = self.v

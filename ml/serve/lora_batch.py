@@ -40,6 +40,7 @@ def stack_group(
     layout: GroupLayout,
     dtype: torch.dtype,
     owners: dict[tuple[int, ...], torch.Tensor],
+    device: torch.device,
 ) -> StackedLora | None:
     """Stack the active adapters' LoRA for one layer's projection group; None if none touches it.
     `owners` interns identical owner vectors so a step builds one mask per distinct layout."""
@@ -57,21 +58,28 @@ def stack_group(
                 owner.extend([idx] * w[0].shape[1])
                 col += w[0].shape[1]
         if bs:
-            parts.append((start, col, out0, out1, torch.cat(bs, dim=0).to(dtype).contiguous()))
+            parts.append((start, col, out0, out1, torch.cat(bs, dim=0).to(device, dtype).contiguous()))
     if not a_cols:
         return None
     key = tuple(owner)
     if key not in owners:
-        owners[key] = torch.tensor(owner, dtype=torch.long)
-    return StackedLora(a=torch.cat(a_cols, dim=1).to(dtype).contiguous(), owner=owners[key], parts=parts)
+        owners[key] = torch.tensor(owner, dtype=torch.long, device=device)
+    a = torch.cat(a_cols, dim=1).to(device, dtype).contiguous()
+    return StackedLora(a=a, owner=owners[key], parts=parts)
 
 
 def stack_adapters(
-    adapters: list[LoraAdapter], num_layers: int, layouts: dict[str, GroupLayout], dtype: torch.dtype
+    adapters: list[LoraAdapter],
+    num_layers: int,
+    layouts: dict[str, GroupLayout],
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
 ) -> list[dict[str, StackedLora | None]]:
+    """Adapter weights are read into host memory (lora.py); the stacks live on the model's device."""
     owners: dict[tuple[int, ...], torch.Tensor] = {}
+    device = torch.device(device)
     return [
-        {g: stack_group(adapters, i, lay, dtype, owners) for g, lay in layouts.items()}
+        {g: stack_group(adapters, i, lay, dtype, owners, device) for g, lay in layouts.items()}
         for i in range(num_layers)
     ]
 

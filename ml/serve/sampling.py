@@ -34,9 +34,12 @@ class SamplingState:
         self._penalised = bool(self.presence_penalty or self.frequency_penalty)
 
     @classmethod
-    def from_request(cls, req: GenerationRequest, vocab_size: int) -> SamplingState:
+    def from_request(
+        cls, req: GenerationRequest, vocab_size: int, device: torch.device | str = "cpu"
+    ) -> SamplingState:
+        """device: where the logits live (the model's device); the generator and counts go there."""
         seed = req.seed if req.seed is not None else random.getrandbits(63)
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device=device).manual_seed(seed)
         st = cls(
             temperature=req.temperature,
             top_p=req.top_p,
@@ -56,7 +59,7 @@ class SamplingState:
     def observe(self, token: int) -> None:
         if self._penalised:
             if self.counts is None:
-                self.counts = torch.zeros(self.vocab_size, dtype=torch.float32)
+                self.counts = torch.zeros(self.vocab_size, dtype=torch.float32, device=self.generator.device)
             self.counts[token] += 1
 
     def pick(self, logits: torch.Tensor) -> int:
@@ -71,7 +74,8 @@ class SamplingState:
             sorted_p, order = torch.sort(probs, descending=True)
             cum = torch.cumsum(sorted_p, dim=-1)
             # keep the smallest prefix whose mass reaches top_p (always at least the best token)
-            cut = int(torch.searchsorted(cum, torch.tensor([self.top_p])).clamp(max=cum.numel() - 1)) + 1
+            target = torch.tensor([self.top_p], dtype=cum.dtype, device=cum.device)
+            cut = int(torch.searchsorted(cum, target).clamp(max=cum.numel() - 1)) + 1
             probs = torch.zeros_like(probs).index_fill_(0, order[:cut], 1.0) * probs
         # Exponential race (argmax p_i / E_i, E_i ~ Exp(1)) samples exactly from p. Each token owns
         # its own noise draw, so rounding-level changes in p (another batch composition) almost never
