@@ -1,6 +1,7 @@
 """The one Celery app, its queues, and enqueue-after-commit.
 
-The broker only carries wake-ups ("job X may need running"); the database holds the truth. Scale-out
+The broker only carries wake-ups ("job X may need running", "eval run Y may need running"); the
+database holds the truth. Scale-out
 uses Redis; the embedded default uses kombu's filesystem transport in the data directory, so no broker
 server is needed. The API sends tasks by name and never imports `workers`.
 """
@@ -19,6 +20,7 @@ from chatforge.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 RUN_JOB = "chatforge.run_job"
+RUN_EVAL = "chatforge.run_eval"
 PING = "chatforge.ping"
 RECONCILE = "chatforge.reconcile"
 
@@ -68,11 +70,12 @@ def get_celery() -> Celery:
     return make_celery(get_settings())
 
 
-def enqueue_job(job_id: str, requires: str = "any") -> None:
-    get_celery().send_task(RUN_JOB, args=[job_id], queue=queue_for(requires))
+def enqueue_job(job_id: str, requires: str = "any", task: str = RUN_JOB) -> None:
+    """Wake-up for a fine-tuning job (RUN_JOB) or an eval run (RUN_EVAL)."""
+    get_celery().send_task(task, args=[job_id], queue=queue_for(requires))
 
 
-def enqueue_after_commit(session: Session, job_id: str, requires: str = "any") -> None:
+def enqueue_after_commit(session: Session, job_id: str, requires: str = "any", task: str = RUN_JOB) -> None:
     """Send the wake-up only once the job row is committed, so a worker never finds no row.
 
     If sending fails, the job stays queued in the database and the reconciler sends it later.
@@ -80,7 +83,7 @@ def enqueue_after_commit(session: Session, job_id: str, requires: str = "any") -
 
     def _send(_session: Session) -> None:
         try:
-            enqueue_job(job_id, requires)
+            enqueue_job(job_id, requires, task)
         except Exception:  # broker down: the reconciler picks the job up later
             log.warning("could not enqueue %s; the reconciler will retry", job_id, exc_info=True)
 

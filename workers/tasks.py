@@ -11,9 +11,9 @@ import logging
 import os
 import socket
 
-from chatforge.db.models import FineTuningJob
+from chatforge.db.models import EvalRun, FineTuningJob
 from chatforge.db.session import session_scope
-from chatforge.queue import PING, RECONCILE, RUN_JOB, get_celery
+from chatforge.queue import PING, RECONCILE, RUN_EVAL, RUN_JOB, get_celery
 from chatforge.settings import get_settings
 
 app = get_celery()
@@ -42,6 +42,21 @@ def run_job(job_id: str) -> str:
         if job.status not in ("queued", "running"):
             return f"skipped ({job.status})"
     return supervise(job_id, get_settings())
+
+
+@app.task(name=RUN_EVAL, acks_late=True)
+def run_eval(run_id: str) -> str:
+    """Sample and grade one eval run; safe to deliver twice (leased like run_job)."""
+    from workers.evals import run_eval_run
+
+    with session_scope() as s:
+        run = s.get(EvalRun, run_id)
+        if run is None:
+            log.warning("eval run %s does not exist; ignoring wake-up", run_id)
+            return "missing"
+        if run.status not in ("queued", "in_progress"):
+            return f"skipped ({run.status})"
+    return run_eval_run(run_id, get_settings())
 
 
 @app.task(name=RECONCILE)
