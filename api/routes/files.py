@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 router = APIRouter(prefix="/v1", tags=["files"])
 
-PURPOSES = ("fine-tune",)
+PURPOSES = ("fine-tune", "evals")  # "evals": items for /v1/evals runs (api.services.evals)
 ACTIVE_JOB_STATES = ("validating_files", "queued", "running", "paused")
 
 
@@ -116,8 +116,14 @@ def upload_file(
         raise TooLarge(f"file exceeds the upload limit of {e.limit} bytes", param="file",
                        code="file_too_large") from None
     try:
-        row = _validate_and_store(session, storage, project, file_id, raw_key, sanitize_filename(file.filename),
-                                  purpose, format, nbytes, max_length)
+        if purpose == "evals":
+            from api.services.evals import store_eval_file
+
+            row = store_eval_file(session, storage, project, file_id, raw_key, sanitize_filename(file.filename),
+                                  nbytes)
+        else:
+            row = _validate_and_store(session, storage, project, file_id, raw_key,
+                                      sanitize_filename(file.filename), purpose, format, nbytes, max_length)
     except BaseException:
         storage.delete(f"files/{file_id}")  # a failed upload leaves nothing behind
         raise

@@ -5,15 +5,13 @@ models get an engine of their own. The engines live in ml.serve; this only route
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from api.errors import BadRequest
-from chatforge.basemodels import model_dir
 from chatforge.db.models import Model
-from chatforge.db.session import session_scope
+from chatforge.routing import Target, model_folder, serving_target
 from chatforge.settings import Settings
 from chatforge.storage import Storage
 
@@ -26,15 +24,6 @@ def _tokenizer(path: str):
     from ml.models import load_tokenizer
 
     return load_tokenizer(path)
-
-
-@dataclass(frozen=True)
-class Target:
-    engine_id: str  # which engine (a base model id, or a full fine-tuned model id)
-    adapter: str | None  # adapter name registered with that engine (the model id), or None
-    adapter_dir: Path | None
-    dtype: str = "bfloat16"  # from the base model's registry entry
-    quantization: str = "none"  # "none" | "8bit" | "4bit" (bitsandbytes), from the registry entry
 
 
 class ServingHub:
@@ -68,24 +57,13 @@ class ServingHub:
         return out
 
     def _folder(self, model_id: str) -> Path:
-        with session_scope() as s:
-            row = s.get(Model, model_id)
-            if row is None:
-                raise KeyError(model_id)
-            return Path(model_dir(self.storage, row))
+        return model_folder(self.storage, model_id)
 
     def target(self, row: Model) -> Target:
         if row.kind == "reward_model":
             raise BadRequest(f"{row.id} is a reward model; score with POST /v1/rewards instead of chatting",
                              param="model", code="not_a_chat_model")
-        with session_scope() as s:
-            root = s.get(Model, row.root)
-            opts = dict(root.settings if root is not None else {})
-        dtype = opts.get("dtype") or self.settings.serve_dtype
-        quant = opts.get("quantization") or "none"
-        if row.kind == "base" or not row.is_adapter:
-            return Target(row.id, None, None, dtype, quant)
-        return Target(row.root, row.id, Path(model_dir(self.storage, row)), dtype, quant)
+        return serving_target(row, self.settings, self.storage)
 
     def engine_for(self, target: Target):
         """Blocking (loads weights the first time): call from a thread."""

@@ -6,7 +6,7 @@ import secrets
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -176,3 +176,61 @@ class Worker(Base):
 
 
 
+
+
+class Eval(Base):
+    """An eval (OpenAI's Evals API): a data source config and testing criteria; runs grade models on it."""
+
+    __tablename__ = "evals"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("eval_"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    data_source_config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    testing_criteria: Mapped[list[Any]] = mapped_column(default=list)
+    user_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EvalRun(Base):
+    """One run of an eval against a model: a job on the worker queue (leased like fine-tuning jobs)."""
+
+    __tablename__ = "eval_runs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("evalrun_"))
+    eval_id: Mapped[str] = mapped_column(ForeignKey("evals.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    model: Mapped[str] = mapped_column(String(255), default="")
+    data_source: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    user_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", default=None)
+    status: Mapped[str] = mapped_column(String(32), default="queued", index=True)  # queued|in_progress|...
+    requested: Mapped[str | None] = mapped_column(String(16), default=None)  # cancel
+    error: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    total_items: Mapped[int | None] = mapped_column(Integer, default=None)
+    completed_items: Mapped[int] = mapped_column(Integer, default=0)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # counts, per criterion, pairwise
+    requires: Mapped[str] = mapped_column(String(16), default="cpu")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(255), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class EvalOutputItem(Base):
+    """One graded item of a run; written once, so a resumed run skips items already stored."""
+
+    __tablename__ = "eval_output_items"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("outputitem_"))
+    run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"))
+    eval_id: Mapped[str] = mapped_column(String(64))
+    datasource_item_id: Mapped[int] = mapped_column(Integer)
+    datasource_item: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    sample: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    baseline_sample: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    results: Mapped[list[Any]] = mapped_column(default=list)
+    status: Mapped[str] = mapped_column(String(16))  # pass|fail|error
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("run_id", "datasource_item_id", name="uq_eval_output_items_run_item"),)
