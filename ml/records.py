@@ -10,6 +10,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
 
+
+class DataError(ValueError):
+    """The training data cannot be used as it is: the user must change the file (never retried).
+
+    Raised by the data layer (reading, rendering, tokenising records) so that a worker can tell the
+    user's data apart from a bad setting or a library failure; ValueError for older callers."""
+
+
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 Kind = Literal["sft", "preference", "prompts"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from chatforge.db.models import FineTuningJob
-from chatforge.jobconfig import config_for
 from chatforge.db.session import session_scope
+from chatforge.jobconfig import config_for
 from workers.runner import JobContext, JobInputError, record_stopped, record_success
 
 
@@ -27,7 +27,7 @@ def run_supervised_job(ctx: JobContext, sink) -> None:
     _update_hyperparameters(job.id, res.config)
     record_success(ctx, kind="fine_tuned", folder_key=f"jobs/{job.id}/model", is_adapter=res.is_adapter,
                    trained_tokens=res.trained_tokens,
-                   result={"steps": res.steps, "metrics": res.metrics, "adapter": res.adapter})
+                   result={"steps": res.steps, "metrics": res.metrics, "adapter": res.adapter, **res.runtime})
 
 
 def _update_hyperparameters(job_id: str, resolved) -> None:
@@ -82,10 +82,9 @@ def run_preference_job(ctx: JobContext, sink) -> None:
 
 def run_online_job(ctx: JobContext, sink) -> None:
     """ppo, rloo, grpo: the policy samples replies to the prompts file, a trained reward model scores them."""
+    from chatforge.db.models import Model
     from ml.rl.online import run_grpo, run_rloo
     from ml.rl.ppo import run_ppo
-
-    from chatforge.db.models import Model
 
     job = ctx.job
     mtype = job.method["type"]

@@ -15,6 +15,7 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import select
@@ -138,8 +139,35 @@ def fail(job_id: str, message: str, code: str, param: str | None = None) -> None
                message=f"Job failed: {message}")
 
 
+# Job method type -> the recipe name ml.train.servable.export_checkpoint knows.
+RECIPE_NAMES = {"supervised": "sft"}
+
+# Tests only: "oom" or "bug" makes the first reported training step fail with a real torch error (an
+# impossible allocation, a shape mismatch), to check how each cause is reported. Never set in production.
+FAULT_ENV = "CHATFORGE_FAULT_INJECTION"
+
+_OOM_MESSAGES = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
+
+
+def error_code(e: BaseException) -> str:
+    """The error code for an exception that is neither a job input, setting nor data error."""
+    import torch
+
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return "out_of_memory"
+    if isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _OOM_MESSAGES):
+        return "out_of_memory"
+    return "internal_error"
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[-1][:300]
+
+
 def main(job_id: str, owner: str) -> int:
     from ml.config import ConfigError
+    from ml.records import DataError
+    from ml.train.servable import export_checkpoint
     from workers.methods import METHODS
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -148,7 +176,10 @@ def main(job_id: str, owner: str) -> int:
     try:
         ctx = _context(job_id)
         mtype = (ctx.job.method or {}).get("type", "supervised")
-        sink = DBSink(job_id, ctx.storage, ctx.model_name, ctx.root.id, ctx.base.id, ctx.job.project_id)
+        start = ctx.model_path(ctx.base)
+        sink = DBSink(job_id, ctx.storage, ctx.model_name, ctx.root.id, ctx.base.id, ctx.job.project_id,
+                      export=partial(export_checkpoint, start=start, method=RECIPE_NAMES.get(mtype, mtype)))
+        sink.fault = os.environ.get(FAULT_ENV) or None
         with session_scope() as s:
             job = s.get(FineTuningJob, job_id)
             if job.step:
@@ -160,14 +191,16 @@ def main(job_id: str, owner: str) -> int:
         fail(job_id, str(e), e.code, e.param)
     except ConfigError as e:
         fail(job_id, e.message, "invalid_hyperparameter", e.param)
-    except (ValueError, FileNotFoundError) as e:
-        fail(job_id, str(e), "invalid_training_data")
-    except MemoryError:
-        fail(job_id, "out of memory: lower batch_size/max_seq_length or use qlora / gradient_checkpointing",
-             "out_of_memory")
-    except Exception as e:  # a bug or an unexpected library error: fail clearly, do not retry
-        traceback.print_exc()
-        fail(job_id, f"{type(e).__name__}: {e}", "training_error")
+    except DataError as e:
+        fail(job_id, str(e), "invalid_training_data", "training_file")
+    except Exception as e:  # noqa: BLE001 - every other failure is classified, reported, never retried
+        code = error_code(e)
+        if code == "out_of_memory":
+            fail(job_id, f"out of memory ({type(e).__name__}: {_first_line(e)}); lower batch_size or "
+                 "max_seq_length, or use qlora / gradient_checkpointing", code)
+        else:  # a bug or an unexpected library error: name it, do not blame the user's data
+            traceback.print_exc()
+            fail(job_id, f"{type(e).__name__}: {e}", code)
     _after(job_id)
     return 0
 

@@ -4,7 +4,9 @@ user's cancel/pause request."""
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,14 +17,19 @@ from chatforge.db.models import Checkpoint, FineTuningJob, Model, utcnow
 from chatforge.db.session import session_scope
 from chatforge.jobstate import add_event
 from chatforge.storage import Storage
+from ml.train.servable import Servable
 
 
 class DBSink:
+    """`export` turns a raw trainer checkpoint into its servable form (ml.train.servable); each
+    checkpoint is registered as a model of that kind, so its id serves the weights it holds."""
+
     def __init__(self, job_id: str, storage: Storage, model_name: str, root: str, parent: str,
-                 project_id: str, is_adapter: bool = True) -> None:
+                 project_id: str, export: Callable[[Path], Servable] | None = None) -> None:
         self.job_id, self.storage = job_id, storage
         self.model_name, self.root, self.parent, self.project_id = model_name, root, parent, project_id
-        self.is_adapter = is_adapter
+        self.export = export
+        self.fault: str | None = None  # workers.runner.FAULT_ENV, tests only
         self._t0: float | None = None
         self._step0 = 0
         self._last_control_check = 0.0
@@ -33,6 +40,8 @@ class DBSink:
             add_event(s, self.job_id, message, level=level, data=_jsonable(data))
 
     def metrics(self, step: int, values: dict[str, float], total_steps: int | None = None) -> None:
+        if self.fault:
+            _inject(self.fault)
         now = time.monotonic()
         if self._t0 is None:
             self._t0, self._step0 = now, step - 1
@@ -53,18 +62,21 @@ class DBSink:
                       type="metrics", data=data)
 
     def checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
-        key = f"jobs/{self.job_id}/checkpoints/{Path(path).name}"
-        if not self.storage.exists(key):  # remote stores: upload the folder
-            self.storage.put_dir(key, Path(path))
+        path = Path(path)
+        servable = self.export(path) if self.export else Servable(path, "adapter")
+        key = f"jobs/{self.job_id}/checkpoints/{path.name}"
+        if not self.storage.exists(key) or not self.storage.exists(_key(key, servable, path)):
+            self.storage.put_dir(key, path)  # remote stores: upload the folder
         model_id = f"{self.model_name}:ckpt-step-{step}"
+        settings = {"serves_as": "reward_model"} if servable.kind == "reward_model" else {}
         with session_scope() as s:
             if s.scalar(select(Checkpoint.id).where(Checkpoint.job_id == self.job_id, Checkpoint.step == step)):
                 return  # a resumed attempt re-reported it
             s.add(Checkpoint(job_id=self.job_id, step=step, metrics=_jsonable(metrics), model_id=model_id))
             if s.get(Model, model_id) is None:
                 s.add(Model(id=model_id, project_id=self.project_id, kind="checkpoint", parent=self.model_name,
-                            root=self.root, storage_key=key, is_adapter=self.is_adapter, job_id=self.job_id,
-                            step=step, settings={}))
+                            root=self.root, storage_key=_key(key, servable, path),
+                            is_adapter=servable.is_adapter, job_id=self.job_id, step=step, settings=settings))
             add_event(s, self.job_id, f"Checkpoint saved at step {step}: {model_id}",
                       data={"step": step, "model": model_id, **_jsonable(metrics)})
         self._forget_rotated()
@@ -89,12 +101,28 @@ class DBSink:
         return self._control
 
 
+def _inject(fault: str) -> None:
+    """A real torch failure inside the training loop (see workers.runner.FAULT_ENV)."""
+    import torch
+
+    if fault == "oom":
+        torch.empty(1 << 60, dtype=torch.uint8)  # 1 EiB: the allocator refuses it
+    elif fault == "bug":
+        torch.zeros(2, 3) @ torch.zeros(2, 3)  # a shape mismatch, as a library bug would raise
+    raise AssertionError(f"unknown fault {fault!r}")
+
+
+def _key(checkpoint_key: str, servable: Servable, checkpoint: Path) -> str:
+    rel = servable.folder.relative_to(checkpoint).as_posix()
+    return checkpoint_key if rel == "." else f"{checkpoint_key}/{rel}"
+
+
 def _jsonable(d: dict[str, Any] | None) -> dict[str, Any] | None:
     if d is None:
         return None
     out = {}
     for k, v in d.items():
-        if isinstance(v, float) and v != v:  # NaN is not JSON
+        if isinstance(v, float) and math.isnan(v):  # NaN is not JSON
             v = None
         elif isinstance(v, Path):
             v = str(v)

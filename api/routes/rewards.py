@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import ProjectDep, SessionDep
 from api.errors import BadRequest
 from api.services.models import visible_model
+from api.services.serving import is_reward_model
 from chatforge.basemodels import model_dir
 from chatforge.storage import get_storage
 
@@ -60,7 +61,7 @@ def _score(model_id: str, path: str, conversations: list[list[dict]]) -> list[fl
 @router.post("/rewards")
 async def rewards(body: RewardRequest, request: Request, session: SessionDep, project: ProjectDep) -> dict:
     row = visible_model(session, project, body.model)
-    if row.kind != "reward_model":
+    if not is_reward_model(row):  # a reward model or one of its checkpoints
         raise BadRequest(f"{body.model} is not a reward model (it is a {row.kind} model)", param="model",
                          code="not_a_reward_model")
     for i, item in enumerate(body.items):

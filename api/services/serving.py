@@ -26,6 +26,11 @@ def _tokenizer(path: str):
     return load_tokenizer(path)
 
 
+def is_reward_model(row: Model) -> bool:
+    """A trained reward model, or a checkpoint of one (recorded as settings["serves_as"] by the worker)."""
+    return row.kind == "reward_model" or (row.settings or {}).get("serves_as") == "reward_model"
+
+
 class ServingHub:
     def __init__(self, settings: Settings, storage: Storage) -> None:
         self.settings, self.storage = settings, storage
@@ -60,7 +65,7 @@ class ServingHub:
         return model_folder(self.storage, model_id)
 
     def target(self, row: Model) -> Target:
-        if row.kind == "reward_model":
+        if is_reward_model(row):
             raise BadRequest(f"{row.id} is a reward model; score with POST /v1/rewards instead of chatting",
                              param="model", code="not_a_chat_model")
         return serving_target(row, self.settings, self.storage)

@@ -17,6 +17,7 @@ import torch
 import trl
 
 from ml.events import JobSink
+from ml.records import DataError
 from ml.rl.callbacks import DPO_METRICS, RLSinkCallback, quiet_console
 from ml.rl.config import DPOConfig
 from ml.rl.preferences import PreferenceSplit, load_preferences
@@ -91,7 +92,7 @@ def run_dpo(
     tokenizer = load_start_tokenizer(start)
     train = load_preferences(tokenizer, train_file, cfg.max_length)
     if len(train) == 0:
-        raise ValueError("the training file has no usable preference pair")
+        raise DataError("the training file has no usable preference pair")
     _log_split(sink, "Training", train)
     valid = load_preferences(tokenizer, valid_file, cfg.max_length) if valid_file else None
     if valid is not None:

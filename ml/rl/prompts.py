@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ml.records import Message, PreferenceExample, PromptExample, record_from_dict
+from ml.records import DataError, Message, PreferenceExample, PromptExample, record_from_dict
 
 Prompt = tuple[Message, ...]
 
@@ -22,7 +22,7 @@ def _kind_of(d: dict) -> str:
         return "sft"
     if "prompt" in d:
         return "prompts"
-    raise ValueError(f"not a canonical record: keys {sorted(d)}")
+    raise DataError(f"not a canonical record: keys {sorted(d)}")
 
 
 def _prompt_of(record) -> Prompt | None:
@@ -45,9 +45,9 @@ def read_prompts(path: str | Path) -> list[Prompt]:
             try:
                 prompt = _prompt_of(record_from_dict(_kind_of(d), d))
             except (KeyError, ValueError) as e:
-                raise ValueError(f"{path}:{n}: {e}") from None
+                raise DataError(f"{path}:{n}: {e}") from None
             if prompt and prompt[-1].role != "assistant":
                 prompts.append(prompt)
     if not prompts:
-        raise ValueError(f"{path}: no prompts found")
+        raise DataError(f"{path}: no prompts found")
     return prompts

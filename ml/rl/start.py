@@ -129,24 +129,39 @@ def _set_base(adapter_dir: Path, base: Path) -> None:
 
 
 def _save_stacked(policy, start: StartPoint, out: Path) -> None:
-    from peft import PeftModel
-
     with tempfile.TemporaryDirectory() as rl_dir:
         policy.save_pretrained(rl_dir)
-        base = load_causal_lm(start.base, dtype="float32")
-        model = PeftModel.from_pretrained(base, str(start.adapter), adapter_name="sft")
-        model.load_adapter(rl_dir, adapter_name="rl")
-        model.add_weighted_adapter(["sft", "rl"], [1.0, 1.0], adapter_name="stacked", combination_type="cat")
-        model.set_adapter("stacked")
-        model.delete_adapter("sft")
-        model.delete_adapter("rl")
-        # save_pretrained writes a non-default adapter into a sub-folder named after it; flatten it.
-        model.save_pretrained(str(out), selected_adapters=["stacked"])
+        fold_adapter(rl_dir, start, out)
+
+
+def fold_adapter(adapter_dir: str | Path, start: StartPoint, out: str | Path) -> None:
+    """Write `adapter_dir` (a LoRA trained on the merged SFT model of `start`) into `out` as one adapter
+    over the original base: the rank concatenation of the SFT and the trained adapter (peft's "cat").
+
+    Used for the final result (through write_policy_adapter) and for every checkpoint, whose raw
+    adapter stays as the trainer wrote it so that resume is unchanged. `out` names start.base.
+    """
+    from peft import PeftModel
+
+    if start.adapter is None:
+        raise ValueError("fold_adapter needs a start with an SFT adapter")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_causal_lm(start.base, dtype="float32")
+    model = PeftModel.from_pretrained(base, str(start.adapter), adapter_name="sft")
+    model.load_adapter(str(adapter_dir), adapter_name="rl")
+    model.add_weighted_adapter(["sft", "rl"], [1.0, 1.0], adapter_name="stacked", combination_type="cat")
+    model.set_adapter("stacked")
+    model.delete_adapter("sft")
+    model.delete_adapter("rl")
+    # save_pretrained writes a non-default adapter into a sub-folder named after it; flatten it.
+    model.save_pretrained(str(out), selected_adapters=["stacked"])
     sub = out / "stacked"
     if sub.is_dir():
         for f in sub.iterdir():
             f.replace(out / f.name)
         sub.rmdir()
+    _set_base(out, start.base)
 
 
 def materialize(start: StartPoint, folder: str | Path) -> StartPoint:

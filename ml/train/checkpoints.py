@@ -47,6 +47,17 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def resumed_setting(output_dir: str | Path, name: str, default: Any) -> Any:
+    """`name` as resolved when the run first started (the config recorded in its newest complete
+    checkpoint), or `default` when there is none. Host-dependent "auto" values (bf16) use it so that a
+    run resumed on another kind of machine continues with the settings it was started with."""
+    found = latest_checkpoint(output_dir)
+    if found is None:
+        return default
+    info = json.loads((found / COMPLETE_MARKER).read_text())
+    return (info.get("config") or {}).get(name, default)
+
+
 def _fsync_tree(path: Path) -> None:
     for root, _, files in os.walk(path):
         for name in files:

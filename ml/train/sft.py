@@ -20,9 +20,10 @@ from typing import Any, Literal
 import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 
-from ml.config import SupervisedConfig, resolve_auto
+from ml.config import ConfigError, SupervisedConfig, resolve_auto
 from ml.events import JobSink
 from ml.models import load_tokenizer
+from ml.records import DataError
 from ml.train.batches import PackedCollator, PaddedCollator, TokenizedSplit, tokenize_file
 from ml.train.callbacks import SinkCallback
 from ml.train.checkpoints import (
@@ -31,10 +32,17 @@ from ml.train.checkpoints import (
     clean_partial,
     complete_checkpoints,
     latest_checkpoint,
+    resumed_setting,
 )
 from ml.train.distributed import deepspeed_config, ensure_single_process_env, world_size
 from ml.train.loss import learned_only_loss, supports_learned_only_loss
-from ml.train.trainable import bf16_supported, count_parameters, load_trainable_model, save_trained
+from ml.train.trainable import (
+    bf16_supported,
+    count_parameters,
+    load_trainable_model,
+    runtime_report,
+    save_trained,
+)
 
 CHECKPOINTS = "checkpoints"
 FINAL = "model"
@@ -57,6 +65,8 @@ class TrainResult:
     # Newest complete checkpoint (what a paused run resumes from).
     checkpoint: Path | None = None
     config: SupervisedConfig | None = None
+    # What really ran (ml.train.trainable.runtime_report): engine, ZeRO stage, quantised layer counts.
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_adapter(self) -> bool:
@@ -153,9 +163,10 @@ def _check_same_run(checkpoint: Path, cfg: SupervisedConfig, base_model: Path) -
     now = cfg.to_dict()
     changed = sorted(k for k in now if k in saved and k not in _RESUME_TOLERANT and saved[k] != now[k])
     if changed:
-        raise ValueError(
+        raise ConfigError(
+            changed[0],
             f"{checkpoint} was written with different settings ({', '.join(changed)}); "
-            "resume with the same configuration and data, or start over with resume=False"
+            "resume with the same configuration and data, or start over with resume=False",
         )
 
 
@@ -206,12 +217,14 @@ def run_supervised(
     tokenizer = load_tokenizer(base_model)
     train = _load_split(tokenizer, train_file, cfg, "training", sink)
     if len(train) == 0:
-        raise ValueError("the training file has no example with anything to learn")
+        raise DataError("the training file has no example with anything to learn")
     valid = _load_split(tokenizer, Path(valid_file) if valid_file else None, cfg, "validation", sink)
     if valid is not None and len(valid) == 0:
         valid = None
 
-    resolved = resolve_auto(cfg, len(train), train.n_tokens, world_size(), bf16_supported())
+    # "auto" precision is resolved once, at the first start; a resume on another kind of host reuses it.
+    bf16_ok = resumed_setting(ckpt_dir, "bf16", bf16_supported()) if resume else bf16_supported()
+    resolved = resolve_auto(cfg, len(train), train.n_tokens, world_size(), bf16_ok)
     torch.manual_seed(resolved.seed)  # adapter initialisation is part of the run's identity
 
     if _is_main():
@@ -268,6 +281,7 @@ def run_supervised(
         "trained_tokens": int(state.num_input_tokens_seen),
         "metrics": metrics,
         "config": resolved,
+        "runtime": runtime_report(trainer),
     }
     finished = state.global_step >= state.max_steps
     if callback.stopped == "cancel" or (callback.stopped == "pause" and not finished):

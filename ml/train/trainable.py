@@ -9,6 +9,7 @@ model once run in eval mode repacks its weights and trains wrongly afterwards).
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 from collections.abc import Callable
@@ -67,6 +68,7 @@ def load_trainable_model(
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+        keep_4bit_weights_trainable(model)
     elif adapter in ("lora", "full"):
         model = load_causal_lm(base_model, "float32")
     else:
@@ -79,11 +81,54 @@ def load_trainable_model(
     return get_peft_model(model, lora_config(lora))
 
 
+def keep_4bit_weights_trainable(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference during a validation pass.
+
+    On CPUs with AVX512-bf16, a Linear4bit run in eval mode without gradients (Trainer.evaluate)
+    converts its weights to a CPU inference layout and keeps them so; training the same object
+    afterwards computes wrong LoRA gradients without an error. Training models never take that path.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+def quantized_layers(model) -> dict[str, int]:
+    """How many bitsandbytes layers (Linear4bit, Linear8bitLt) the model really holds, by class name."""
+    counts: dict[str, int] = {}
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return counts
+    for module in model.modules():
+        if isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
+            name = type(module).__name__
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def runtime_report(trainer) -> dict[str, Any]:
+    """What a finished Trainer really ran: its engine ("deepspeed" only when the model was wrapped in a
+    DeepSpeedEngine, with its ZeRO stage) and the quantised layers of the trained model."""
+    wrapped = getattr(trainer, "model_wrapped", None)
+    report: dict[str, Any] = {"engine": "torch"}
+    if type(wrapped).__name__ == "DeepSpeedEngine":
+        report["engine"] = "deepspeed"
+        report["zero_stage"] = int(wrapped.zero_optimization_stage())
+        report["zero_offload_optimizer"] = bool(wrapped.zero_use_cpu_optimizer())
+    report["quantized_layers"] = quantized_layers(trainer.model)
+    return report
 
 
 def save_trained(
@@ -120,7 +165,12 @@ def save_trained(
 
 
 def bf16_supported() -> bool:
-    """True where bfloat16 autocast is fast: CUDA compute capability >= 8, or a CPU with AVX-512 BF16/AMX."""
+    """True where bfloat16 autocast is fast: CUDA compute capability >= 8, or a CPU with AVX-512 BF16/AMX.
+
+    CHATFORGE_BF16_SUPPORTED=0/1 overrides the detection (a host whose bf16 is slow in practice)."""
+    override = os.environ.get("CHATFORGE_BF16_SUPPORTED", "").strip()
+    if override in ("0", "1"):
+        return override == "1"
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     try:
