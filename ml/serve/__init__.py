@@ -4,6 +4,7 @@ Public API: Engine, EnginePool, GenerationRequest, RequestHandle, GenerationEven
 ServeError family (status = HTTP status), and adapter_base_model(). The API layer wraps these.
 """
 
+from ml.serve.architectures import SUPPORTED_MODEL_TYPES
 from ml.serve.engine import Engine, EngineStats
 from ml.serve.handle import RequestHandle
 from ml.serve.lora import BASE, adapter_base_model
@@ -25,6 +26,7 @@ from ml.serve.request import (
 
 __all__ = [
     "BASE",
+    "SUPPORTED_MODEL_TYPES",
     "Completion",
     "Engine",
     "EngineBusy",

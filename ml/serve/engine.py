@@ -17,7 +17,7 @@ import logging
 import threading
 import uuid
 import warnings
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -55,6 +55,8 @@ class EngineStats:
     prompt_tokens_total: int
     generated_tokens_total: int
     requests_finished_total: int
+    finished_by_reason: dict[str, int]
+    """Requests ended since start, by finish reason (stop, length, cancelled, error), queued ones too."""
     loaded_adapters: list[str]
     kv_cache_bytes: int
 
@@ -108,6 +110,7 @@ class Engine:
         self._prompt_tokens_total = 0
         self._generated_total = 0
         self._finished_total = 0
+        self._by_reason: Counter[str] = Counter()
         # Every torch op of the engine (loading included) runs on this one thread. OpenMP keeps a
         # worker pool per calling thread; once two pools exist on a small machine libgomp stops
         # spinning and each parallel region pays a sleep/wake-up (measured: 8 -> 100 us per small
@@ -233,6 +236,7 @@ class Engine:
                 prompt_tokens_total=self._prompt_tokens_total,
                 generated_tokens_total=self._generated_total,
                 requests_finished_total=self._finished_total,
+                finished_by_reason=dict(self._by_reason),
                 loaded_adapters=self.adapters.loaded_names(),
                 kv_cache_bytes=self.cache.nbytes,
             )
@@ -293,7 +297,7 @@ class Engine:
         with self._lock:
             waiting, self._waiting = list(self._waiting), deque()
         for seq in waiting:
-            seq.handle._push(seq.final_event("", "error", error=message))
+            self._ended_in_queue(seq, "error", message)
 
     def _step(self) -> None:
         self._reap_cancelled()
@@ -311,7 +315,7 @@ class Engine:
             for s in gone:
                 self._waiting.remove(s)
         for s in gone:
-            s.handle._push(s.final_event("", "cancelled"))
+            self._ended_in_queue(s, "cancelled")
 
     def _admit(self) -> None:
         """Move waiting requests into free rows, oldest first. A request whose adapter cannot be
@@ -333,7 +337,7 @@ class Engine:
                     seq.adapter = self.adapters.acquire(seq.adapter_name, pinned)
                 except Exception as exc:  # noqa: BLE001 -- unknown now, unreadable or foreign weights
                     taken.append(seq)
-                    seq.handle._push(seq.final_event("", "error", error=str(exc)))
+                    self._ended_in_queue(seq, "error", str(exc))
                     continue
                 if seq.adapter is None:
                     continue
@@ -440,6 +444,7 @@ class Engine:
             self.rows.release(seq)
             with self._lock:
                 self._finished_total += 1
+                self._by_reason[ev.finish_reason] += 1
         seq.handle._push(ev)
 
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
@@ -448,6 +453,13 @@ class Engine:
             self.rows.release(seq)
         with self._lock:
             self._finished_total += 1
+            self._by_reason[reason] += 1
+        seq.handle._push(seq.final_event("", reason, error=error))
+
+    def _ended_in_queue(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+        """End a request that never got a row (cancelled while waiting, adapter unloadable, closing)."""
+        with self._lock:
+            self._by_reason[reason] += 1
         seq.handle._push(seq.final_event("", reason, error=error))
 
     def _fail_running(self, message: str) -> None:

@@ -135,7 +135,8 @@ def test_cancel_frees_the_slot(make_engine, prompts):
     rest = long.result(timeout=60)
     assert rest.finish_reason == "cancelled"
     assert rest.usage.completion_tokens < 400
-    assert eng.stats().running == 0
+    st = eng.stats()
+    assert st.running == 0 and st.finished_by_reason["cancelled"] == 1
 
 
 def test_cancel_while_waiting(make_engine, prompts):
@@ -197,6 +198,12 @@ def test_stats_count_tokens(make_engine, prompts):
     assert st.generated_tokens_total == 8
     assert st.prompt_tokens_total == len(prompts[0]) + len(prompts[1])
     assert st.requests_finished_total == 2 and st.running == 0 and st.waiting == 0
+    stopper = eng.generate(req(prompts[1], max_tokens=3, temperature=0, stop_token_ids=[])).token_ids[0]
+    eng.generate(req(prompts[1], max_tokens=3, temperature=0, stop_token_ids=[stopper]))
+    gone = eng.submit(req(prompts[0]))
+    gone.cancel()
+    assert gone.result(timeout=60).finish_reason == "cancelled"
+    assert eng.stats().finished_by_reason == {"length": 3, "stop": 1, "cancelled": 1}
 
 
 def test_a_failing_step_fails_its_requests_and_the_engine_lives_on(make_engine, reference, prompts):
@@ -239,15 +246,14 @@ def test_abandoned_async_stream_cancels_the_request(make_engine, prompts):
     async def disconnecting_client():
         h = eng.submit(req(prompts[1], max_tokens=400, stop_token_ids=[]))
 
-        seen = []
+        first = asyncio.Event()
 
         async def stream():
-            async for ev in h:
-                seen.append(ev)
+            async for _ in h:
+                first.set()
 
         task = asyncio.ensure_future(stream())
-        while not seen:
-            await asyncio.sleep(0.01)
+        await first.wait()
         task.cancel()  # what Starlette does when the SSE client goes away
         with pytest.raises(asyncio.CancelledError):
             await task
