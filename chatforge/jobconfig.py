@@ -39,7 +39,8 @@ def flatten_method(method_type: str, body: dict[str, Any]) -> dict[str, Any]:
 
     "auto" on a field that has no auto mode means the config's default. OpenAI's
     `learning_rate_multiplier` scales the method's default learning rate where the config has no
-    multiplier of its own. {"adapter": "qlora", "bits": 4} is shorthand for quant.bits.
+    multiplier of its own. {"adapter": "qlora", "bits": 4} is shorthand for quant.bits. For PPO,
+    OpenAI's `batch_size` means rollouts_per_step (RLOO/GRPO read it as prompts per step).
     """
     cls = config_class(method_type)
     names = cls.__dataclass_fields__
@@ -56,6 +57,11 @@ def flatten_method(method_type: str, body: dict[str, Any]) -> dict[str, Any]:
             flat.setdefault("learning_rate", names["learning_rate"].default * mult)
     for key in [k for k, v in flat.items() if v == "auto" and (k not in names or not _accepts_auto(cls, k))]:
         flat.pop(key)
+    if method_type == "ppo" and "batch_size" in flat:  # OpenAI's batch_size is PPO's rollouts per step
+        size = flat.pop("batch_size")
+        if flat.setdefault("rollouts_per_step", size) != size:
+            raise ConfigError("batch_size", f"is PPO's rollouts_per_step; got batch_size {size!r} and "
+                              f"rollouts_per_step {flat['rollouts_per_step']!r}: set one of them")
     return flat
 
 

@@ -21,6 +21,10 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 
 # Learning rate that a multiplier of 1.0 means, per adapter (LoRA needs roughly 10x full fine-tuning's).
 BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
+# learning_rate_multiplier "auto" at batch size 4, per adapter, and its bounds. Calibrated with
+# bench/fact_sweep.py (docs/training-defaults.md): ~40 examples must be learned in ~30 steps.
+AUTO_LR_MULTIPLIER_AT_BATCH_4 = {"lora": 2.5, "qlora": 2.5, "full": 2.5}
+AUTO_LR_MULTIPLIER_RANGE = (1.0, 5.0)
 # Examples per forward pass are chosen so one micro-batch holds about this many tokens.
 MICRO_BATCH_TOKEN_BUDGET = 2048
 MAX_AUTO_MICRO_BATCH = 16
@@ -123,7 +127,8 @@ class LoraSettings(_DictMixin):
     r: int = 16
     """Rank of the update matrices: capacity of the adapter (8-64 typical)."""
     alpha: int = 32
-    """Scaling numerator: the update is multiplied by alpha / r (2*r is a common choice)."""
+    """Scaling numerator: the update is multiplied by alpha / r. Keep 32 when changing r: the calibrated
+    learning rate then stays about right for any rank."""
     dropout: float = 0.05
     """Dropout on the adapter input during training (0 disables)."""
     target_modules: str | tuple[str, ...] = "all-linear"
@@ -192,7 +197,8 @@ class SupervisedConfig(_DictMixin):
     learning_rate: float | None = None
     """Peak learning rate. None: the adapter's base rate (LoRA 2e-4, full 2e-5) times the multiplier."""
     learning_rate_multiplier: float | Auto = AUTO
-    """Scales the base learning rate (ignored if learning_rate is set). "auto": grows with sqrt(batch_size)."""
+    """Scales the base learning rate (ignored if learning_rate is set). "auto": 2.5 at batch size 4, growing
+    with sqrt(batch_size) within [1, 5] (LoRA: 5e-4 at batch 4), calibrated so small files are learned."""
     lr_scheduler: Scheduler = "linear"
     """Decay after warmup: "linear" (OpenAI's), "cosine", "constant" or "constant_with_warmup"."""
     warmup_ratio: float = 0.03
@@ -314,9 +320,11 @@ def auto_batch_size(n_examples: int) -> int:
     return max(1, min(256, math.ceil(0.002 * n_examples)))
 
 
-def auto_lr_multiplier(batch_size: int) -> float:
-    """Larger batches tolerate larger steps (square-root scaling around batch 8), within [0.5, 2]."""
-    return round(min(2.0, max(0.5, math.sqrt(batch_size / 8))), 4)
+def auto_lr_multiplier(batch_size: int, adapter: str = "lora") -> float:
+    """Calibrated at batch size 4 per adapter; larger batches take fewer, less noisy steps, so the rate grows
+    with sqrt(batch_size) (Adam's square-root rule), within AUTO_LR_MULTIPLIER_RANGE."""
+    lo, hi = AUTO_LR_MULTIPLIER_RANGE
+    return round(min(hi, max(lo, AUTO_LR_MULTIPLIER_AT_BATCH_4[adapter] * math.sqrt(batch_size / 4))), 4)
 
 
 def _split_batch(
@@ -366,7 +374,9 @@ def resolve_auto(
     micro, accum = _split_batch(
         batch, c.micro_batch_size, c.gradient_accumulation, n_devices, n_tokens / n_examples
     )
-    mult = auto_lr_multiplier(batch) if c.learning_rate_multiplier == AUTO else c.learning_rate_multiplier
+    mult = (
+        auto_lr_multiplier(batch, c.adapter) if c.learning_rate_multiplier == AUTO else c.learning_rate_multiplier
+    )
     steps_per_epoch = max(1, math.ceil(n_examples / batch))
     total = c.max_steps or steps_per_epoch * epochs
     return replace(

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from ml.config import SCHEDULERS, ConfigError, LoraSettings, Scheduler
+from ml.config import AUTO, SCHEDULERS, Auto, ConfigError, LoraSettings, Scheduler
 from ml.config import _DictMixin as _DictForm
 
 __all__ = [
@@ -27,6 +27,20 @@ __all__ = [
 ]
 
 Adapter = Literal["lora", "full"]
+# Memory defaults for "auto": the most examples per forward pass (trainer recipes) and rollouts per PPO
+# minibatch. "auto" picks the largest divisor of the step's examples up to these, so every batch size works.
+MICRO_BATCH_DEFAULT = 8
+PPO_MINIBATCH_DEFAULT = 4
+
+
+def largest_divisor(n: int, cap: int) -> int:
+    """The largest d <= cap that divides n (1 at worst): splits a step into equal forward passes."""
+    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+
+
+def _int_or_auto(name: str, v: Any, lo: int, hi: int) -> None:
+    if v != AUTO:
+        _int(name, v, lo, hi)
 
 
 def _int(name: str, v: Any, lo: int, hi: int | None = None) -> None:
@@ -94,9 +108,10 @@ class _TrainerConfig(_DictForm):
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides n_epochs)."""
     batch_size: int = 8
-    """Examples per optimizer step (preference pairs; completions for RLOO/GRPO)."""
-    micro_batch_size: int = 8
-    """Examples per forward pass (memory knob); must divide batch_size, the rest is accumulated."""
+    """Examples per optimizer step (preference pairs; prompts for RLOO/GRPO)."""
+    micro_batch_size: int | Auto = AUTO
+    """Examples per forward pass (memory knob); must divide the examples of a step, the rest is accumulated.
+    "auto": the largest divisor of them up to 8."""
     learning_rate: float = 1e-4
     """Peak AdamW learning rate."""
     lr_scheduler: Scheduler = "linear"
@@ -123,8 +138,27 @@ class _TrainerConfig(_DictForm):
     _nested: ClassVar[dict[str, type]] = {"lora": LoraSettings}
 
     @property
+    def examples_per_step(self) -> int:
+        """Sequences (pairs for preferences) one optimizer step trains on."""
+        return self.batch_size
+
+    @property
+    def resolved_micro_batch_size(self) -> int:
+        """micro_batch_size with "auto" replaced by the largest divisor of examples_per_step up to 8."""
+        if self.micro_batch_size == AUTO:
+            return largest_divisor(self.examples_per_step, MICRO_BATCH_DEFAULT)
+        return self.micro_batch_size
+
+    @property
     def gradient_accumulation(self) -> int:
-        return self.batch_size // self.micro_batch_size
+        return self.examples_per_step // self.resolved_micro_batch_size
+
+    def _check_micro_batch(self) -> None:
+        _int_or_auto("micro_batch_size", self.micro_batch_size, 1, 4096)
+        n = self.examples_per_step
+        if self.micro_batch_size != AUTO and n % self.micro_batch_size:
+            what = f"batch_size {self.batch_size}" if n == self.batch_size else f"the {n} completions per step"
+            raise ConfigError("micro_batch_size", f"must divide {what}, got {self.micro_batch_size}")
 
     def __post_init__(self) -> None:
         _choice("adapter", self.adapter, ("lora", "full"))
@@ -133,11 +167,6 @@ class _TrainerConfig(_DictForm):
         if self.max_steps is not None:
             _int("max_steps", self.max_steps, 1)
         _int("batch_size", self.batch_size, 1, 4096)
-        _int("micro_batch_size", self.micro_batch_size, 1, 4096)
-        if self.batch_size % self.micro_batch_size:
-            raise ConfigError(
-                "micro_batch_size", f"must divide batch_size {self.batch_size}, got {self.micro_batch_size}"
-            )
         _num("learning_rate", self.learning_rate, 0.0, 1.0, lo_open=True)
         _choice("lr_scheduler", self.lr_scheduler, SCHEDULERS)
         _num("warmup_ratio", self.warmup_ratio, 0.0, 0.5)
@@ -150,6 +179,7 @@ class _TrainerConfig(_DictForm):
         _int("checkpoint_interval", self.checkpoint_interval, 1)
         _int("keep_checkpoints", self.keep_checkpoints, 1, 1000)
         _int("seed", self.seed, 0, 2**32 - 1)
+        self._check_micro_batch()
 
 
 @dataclass(frozen=True)
@@ -206,9 +236,10 @@ class PPOConfig(_DictForm):
     steps: int = 100
     """PPO steps; each samples rollouts_per_step responses, then updates on them."""
     rollouts_per_step: int = 16
-    """Prompts sampled (one response each) per PPO step."""
-    minibatch_size: int = 4
-    """Rollouts per optimizer step inside the update; must divide rollouts_per_step."""
+    """Prompts sampled (one response each) per PPO step. OpenAI's `batch_size` sets this."""
+    minibatch_size: int | Auto = AUTO
+    """Rollouts per optimizer step inside the update; must divide rollouts_per_step. "auto": the largest
+    divisor of rollouts_per_step up to 4."""
     ppo_epochs: int = 2
     """Passes over one step's rollouts."""
     learning_rate: float = 1e-5
@@ -249,13 +280,24 @@ class PPOConfig(_DictForm):
 
     _nested: ClassVar[dict[str, type]] = {"sampling": SamplingSettings, "lora": LoraSettings}
 
+    @property
+    def batch_size(self) -> int:
+        """OpenAI's name for the rollouts of one step (shown in the job's hyperparameters)."""
+        return self.rollouts_per_step
+
+    @property
+    def resolved_minibatch_size(self) -> int:
+        if self.minibatch_size == AUTO:
+            return largest_divisor(self.rollouts_per_step, PPO_MINIBATCH_DEFAULT)
+        return self.minibatch_size
+
     def __post_init__(self) -> None:
         _nested(self, "sampling", SamplingSettings)
         _nested(self, "lora", LoraSettings)
         _int("steps", self.steps, 1)
         _int("rollouts_per_step", self.rollouts_per_step, 1, 4096)
-        _int("minibatch_size", self.minibatch_size, 1, 4096)
-        if self.rollouts_per_step % self.minibatch_size:
+        _int_or_auto("minibatch_size", self.minibatch_size, 1, 4096)
+        if self.minibatch_size != AUTO and self.rollouts_per_step % self.minibatch_size:
             raise ConfigError(
                 "minibatch_size",
                 f"must divide rollouts_per_step {self.rollouts_per_step}, got {self.minibatch_size}",
@@ -285,10 +327,12 @@ class _GroupConfig(_TrainerConfig):
 
     learning_rate: float = 1e-5
     """Peak AdamW learning rate."""
-    batch_size: int = 8
-    """Completions per optimizer step (prompts per step = batch_size / num_generations)."""
-    micro_batch_size: int = 8
-    """Completions per forward pass; must divide batch_size."""
+    batch_size: int = 2
+    """Prompts per optimizer step (as in OpenAI's reinforcement fine-tuning); each gets num_generations
+    completions, so a step trains on batch_size * num_generations completions."""
+    micro_batch_size: int | Auto = AUTO
+    """Completions per forward pass; must divide batch_size * num_generations. "auto": the largest divisor
+    of that up to 8."""
     num_generations: int = 4
     """Responses sampled per prompt; each is judged against the others for the same prompt."""
     beta: float = 0.05
@@ -304,19 +348,18 @@ class _GroupConfig(_TrainerConfig):
 
     _nested: ClassVar[dict[str, type]] = {"lora": LoraSettings, "sampling": SamplingSettings}
 
+    @property
+    def examples_per_step(self) -> int:
+        return self.batch_size * self.num_generations
+
     def __post_init__(self) -> None:
+        _int("num_generations", self.num_generations, 2, 256)
         super().__post_init__()
         _nested(self, "sampling", SamplingSettings)
-        _int("num_generations", self.num_generations, 2, 256)
         _num("beta", self.beta, 0.0, 100.0)
         _int("num_iterations", self.num_iterations, 1, 100)
         _num("epsilon", self.epsilon, 0.0, 10.0, lo_open=True)
         _int("max_prompt_length", self.max_prompt_length, 1, 1 << 20)
-        if self.batch_size % self.num_generations:
-            raise ConfigError(
-                "batch_size",
-                f"must be a multiple of num_generations {self.num_generations}, got {self.batch_size}",
-            )
 
 
 @dataclass(frozen=True)

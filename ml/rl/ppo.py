@@ -71,7 +71,7 @@ def ppo_update(model: ActorCritic, optimizer, r: Rollouts, cfg: PPOConfig, step:
     n_updates = 0
     params = model.trainable_parameters()
     for _ in range(cfg.ppo_epochs):
-        for mb in torch.randperm(len(r), generator=gen).to(mask.device).split(cfg.minibatch_size):
+        for mb in torch.randperm(len(r), generator=gen).to(mask.device).split(cfg.resolved_minibatch_size):
             m = mask[mb]
             fwd = model.forward_response(r.input_ids[mb], r.attention_mask[mb], r.prompt_len)
             pg = clipped_policy_loss(fwd.logprobs, r.logprobs[mb], advantages[mb], m, cfg.clip_range)

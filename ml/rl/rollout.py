@@ -106,8 +106,8 @@ def collect_rollouts(
         scores = scores - cfg.missing_eos_penalty * (~ended).float()
 
     logprobs, ref_logprobs, values = [], [], []
-    for s in range(0, len(prompts), cfg.minibatch_size):
-        sl = slice(s, s + cfg.minibatch_size)
+    for s in range(0, len(prompts), cfg.resolved_minibatch_size):
+        sl = slice(s, s + cfg.resolved_minibatch_size)
         fwd = model.forward_response(input_ids[sl], attention_mask[sl], P)
         logprobs.append(fwd.logprobs)
         values.append(fwd.values)

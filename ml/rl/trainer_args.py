@@ -21,8 +21,8 @@ def trl_args(config_cls: type, cfg: _TrainerConfig, ckpt_dir: Path, has_valid: b
     eval_every = "steps" if cfg.eval_interval else "epoch"
     return config_cls(
         output_dir=str(ckpt_dir),
-        per_device_train_batch_size=cfg.micro_batch_size,
-        per_device_eval_batch_size=cfg.micro_batch_size,
+        per_device_train_batch_size=cfg.resolved_micro_batch_size,
+        per_device_eval_batch_size=cfg.resolved_micro_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation,
         num_train_epochs=cfg.n_epochs,
         max_steps=cfg.max_steps or -1,

@@ -72,9 +72,9 @@ export function estimate(method, get, file) {
     samples = steps * get("rollouts_per_step");
     passes = get("ppo_epochs");
   } else {
-    const batch = get("batch_size"), gens = get("num_generations");
-    steps = get("max_steps") || Math.ceil((n * gens * get("n_epochs")) / batch);
-    samples = steps * batch;
+    const batch = get("batch_size"), gens = get("num_generations"); // batch_size counts prompts
+    steps = get("max_steps") || Math.ceil((n * get("n_epochs")) / batch);
+    samples = steps * batch * gens;
     passes = get("num_iterations");
   }
   const generated = samples * newTokens;

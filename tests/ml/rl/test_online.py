@@ -25,7 +25,7 @@ HISTORY = (
 def online_config(cls, **kw):
     base = {
         "max_steps": 8,
-        "batch_size": 16,
+        "batch_size": 4,
         "micro_batch_size": 16,
         "num_generations": 4,
         "learning_rate": 1e-2,

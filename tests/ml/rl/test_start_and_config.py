@@ -112,7 +112,9 @@ def test_configs_round_trip_and_document_every_field(cls):
         (DPOConfig, {"label_smoothing": 0.5}, "label_smoothing"),
         (RewardModelConfig, {"adapter": "qlora"}, "adapter"),
         (RewardModelConfig, {"batch_size": 8, "micro_batch_size": 3}, "micro_batch_size"),
-        (GRPOConfig, {"batch_size": 6, "micro_batch_size": 6}, "batch_size"),
+        (GRPOConfig, {"batch_size": 3, "micro_batch_size": 8}, "micro_batch_size"),
+        (DPOConfig, {"batch_size": 4, "micro_batch_size": 8}, "micro_batch_size"),
+        (PPOConfig, {"rollouts_per_step": 6, "minibatch_size": 4}, "minibatch_size"),
         (GRPOConfig, {"num_generations": 1}, "num_generations"),
         (RLOOConfig, {"unknown": 1}, "unknown"),
     ],
@@ -129,4 +131,47 @@ def test_nested_settings_from_dicts():
     )
     assert cfg.sampling == SamplingSettings(temperature=0.7)
     assert cfg.lora == LoraSettings(r=4, target_modules=("q_proj",))
-    assert RLOOConfig(batch_size=8, micro_batch_size=4).gradient_accumulation == 2
+    # RLOO/GRPO: batch_size counts prompts; a step trains on batch_size * num_generations completions.
+    assert RLOOConfig(batch_size=2, micro_batch_size=4).gradient_accumulation == 2
+
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("batch", BATCH_SIZES)
+def test_every_batch_size_splits_into_equal_forward_passes(cls, batch):
+    """A user-set batch size with every other setting at its default is a valid config, and the
+    "auto" memory knob splits its step into equal forward passes no larger than the default."""
+    if cls is PPOConfig:
+        cfg = cls(rollouts_per_step=batch)
+        assert cfg.batch_size == batch
+        mb = cfg.resolved_minibatch_size
+        assert batch % mb == 0 and mb == max(d for d in (1, 2, 4) if batch % d == 0)
+        return
+    cfg = cls(batch_size=batch)
+    per_step = batch * cfg.num_generations if cls in (RLOOConfig, GRPOConfig) else batch
+    assert cfg.examples_per_step == per_step
+    micro = cfg.resolved_micro_batch_size
+    assert micro * cfg.gradient_accumulation == per_step
+    assert micro == max(d for d in range(1, 9) if per_step % d == 0)
+    assert cls.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("method", ["reward_model", "dpo", "rloo", "grpo"])
+@pytest.mark.parametrize("batch", BATCH_SIZES)
+def test_trl_accepts_every_batch_size(method, batch, tmp_path):
+    """The trl config each recipe builds (trl checks that a generation batch holds whole prompt groups)."""
+    import trl
+
+    from ml.rl.online import _method_fields
+    from ml.rl.trainer_args import trl_args
+
+    cls, trl_cls = {"reward_model": (RewardModelConfig, trl.RewardConfig), "dpo": (DPOConfig, trl.DPOConfig),
+                    "rloo": (RLOOConfig, trl.RLOOConfig), "grpo": (GRPOConfig, trl.GRPOConfig)}[method]
+    cfg = cls(batch_size=batch)
+    extra = _method_fields(cfg) if method in ("rloo", "grpo") else {}
+    args = trl_args(trl_cls, cfg, tmp_path, False, **extra)
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == cfg.examples_per_step
+    if method in ("rloo", "grpo"):
+        assert args.generation_batch_size == batch * cfg.num_generations

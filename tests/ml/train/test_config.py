@@ -5,12 +5,16 @@ from __future__ import annotations
 import pytest
 
 from ml.config import (
+    AUTO_LR_MULTIPLIER_AT_BATCH_4,
+    AUTO_LR_MULTIPLIER_RANGE,
+    BASE_LEARNING_RATE,
     ConfigError,
     DeepSpeedSettings,
     LoraSettings,
     SupervisedConfig,
     auto_batch_size,
     auto_epochs,
+    auto_lr_multiplier,
     config_field_docs,
     resolve_auto,
 )
@@ -85,7 +89,9 @@ def test_resolve_auto():
     assert (c.n_epochs, c.batch_size) == (3, 10)
     # 2048-token budget / 300 tokens -> cap 6; largest divisor of 10 that fits is 5.
     assert (c.micro_batch_size, c.gradient_accumulation) == (5, 2)
-    assert c.peak_learning_rate == pytest.approx(2e-4 * (10 / 8) ** 0.5, rel=1e-3)
+    assert c.peak_learning_rate == pytest.approx(
+        BASE_LEARNING_RATE["lora"] * AUTO_LR_MULTIPLIER_AT_BATCH_4["lora"] * (10 / 4) ** 0.5, rel=1e-3
+    )
     steps = 3 * 500
     assert c.eval_interval == steps // 10 and c.checkpoint_interval == 250
     assert c.bf16 is False
@@ -97,6 +103,41 @@ def test_resolve_auto():
     assert (c3.micro_batch_size, c3.gradient_accumulation) == (4, 2)
     with pytest.raises(ConfigError, match="batch_size"):
         resolve_auto(SupervisedConfig(batch_size=5), 100, 1000, n_devices=2)
+
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+
+
+@pytest.mark.parametrize("adapter", ["lora", "qlora", "full"])
+@pytest.mark.parametrize("batch", BATCH_SIZES)
+def test_every_batch_size_resolves_for_every_adapter(adapter, batch):
+    """A user-set batch size with everything else default: valid, split exactly, and a calibrated rate."""
+    c = SupervisedConfig.from_dict({"adapter": adapter, "batch_size": batch})
+    for n_examples, mean_len in ((40, 60), (40, 1500), (5000, 300)):
+        r = resolve_auto(c, n_examples, n_examples * mean_len)
+        assert r.is_resolved and r.batch_size == batch
+        assert r.micro_batch_size * r.gradient_accumulation == batch
+        lo, hi = AUTO_LR_MULTIPLIER_RANGE
+        assert lo <= r.learning_rate_multiplier <= hi
+        assert r.peak_learning_rate == pytest.approx(
+            BASE_LEARNING_RATE[adapter] * auto_lr_multiplier(batch, adapter)
+        )
+
+
+def test_auto_learning_rate_is_calibrated_per_adapter_and_grows_with_batch():
+    # The case a user reported: ~40 examples, batch 4, 3 epochs (30 steps) at the old 1.4e-4 learned the
+    # chat template but not the fact; bench/fact_sweep.py calibrated LoRA at batch 4 to 5e-4.
+    lora4 = resolve_auto(SupervisedConfig(batch_size=4, n_epochs=3), 40, 40 * 60)
+    assert lora4.peak_learning_rate == pytest.approx(5e-4)
+    full4 = resolve_auto(SupervisedConfig(adapter="full", batch_size=4), 40, 40 * 60)
+    assert full4.peak_learning_rate == pytest.approx(lora4.peak_learning_rate / 10)  # LoRA ~10x full
+    for adapter in ("lora", "qlora", "full"):
+        mults = [auto_lr_multiplier(b, adapter) for b in BATCH_SIZES]
+        assert mults == sorted(mults) and mults[0] < mults[-1]
+        assert auto_lr_multiplier(4, adapter) == AUTO_LR_MULTIPLIER_AT_BATCH_4[adapter]
+    # An explicit multiplier or rate wins over "auto".
+    assert resolve_auto(SupervisedConfig(batch_size=4, learning_rate_multiplier=1.0), 40, 2400).peak_learning_rate \
+        == pytest.approx(BASE_LEARNING_RATE["lora"])
 
 
 def test_alpaca_recipe_is_expressible():
