@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ml.data.fastpath import decode_plain_chat, encode
 from ml.data.formats import (
     FORMATS,
     ConvertContext,
@@ -29,9 +30,9 @@ from ml.data.formats import (
 )
 from ml.data.formats.fields import json_type
 from ml.data.report import Problem, ProblemLog, ValidationReport
-from ml.data.sources import Source
+from ml.data.sources import Source, parse_line
 from ml.data.stats import DuplicateCounter, TokenCounter
-from ml.data.text_lines import RawItem
+from ml.data.text_lines import LAZY, RawItem
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ def _take_sample(items: Iterator[RawItem]) -> list[RawItem]:
     sample: list[RawItem] = []
     n_dicts = 0
     for item in items:
+        if item.value is LAZY:
+            item = parse_line(item)
         sample.append(item)
         if item.fatal or len(sample) >= SAMPLE_ITEMS:
             break
@@ -120,6 +123,13 @@ def _unrecognised(source: Source, sample: list[RawItem], opts: Options) -> Valid
     )
 
 
+def _canonical(d: dict) -> bytes:
+    try:
+        return encode(d)
+    except (OverflowError, TypeError, ValueError):  # integers beyond 64 bits in a tools schema
+        return json.dumps(d, ensure_ascii=False).encode("utf-8")
+
+
 class _Pass:
     """One conversion pass over the items with a fixed format."""
 
@@ -132,9 +142,17 @@ class _Pass:
         self.votes: Counter[str] = Counter()
         self.dropped_tools: tuple[int, int | None, int | None] = (0, None, None)  # count, first line, record
         self.n_records = self.n_examples = self.n_skipped = 0
+        self.n_plain = 0  # records taken by the fast path (openai_chat votes)
 
     def run(self, items: Iterable[RawItem], out) -> None:
+        fast = self.spec.name == "openai_chat"
         for item in items:
+            if item.value is LAZY:
+                if fast:
+                    rec = decode_plain_chat(item.raw)
+                    if rec is not None and self._plain(rec, item, out):
+                        continue
+                item = parse_line(item)
             if item.problem is not None:
                 self.errors.add(item.problem)
                 if item.fatal:
@@ -142,6 +160,20 @@ class _Pass:
                 continue
             self.n_records += 1
             self._record(item, out)
+
+    def _plain(self, rec, item: RawItem, out) -> bool:
+        """A plainly valid OpenAI chat line: its canonical form is the record itself. False when the
+        chat template cannot render it (the full path then reports that)."""
+        if self.tokens is not None and self.tokens.add_plain_chat(rec.messages) is not None:
+            return False
+        data = encode(rec)
+        self.n_records += 1
+        self.n_plain += 1
+        self.dups.add(data, item.line, None)
+        if out is not None:
+            out.write(data + b"\n")
+        self.n_examples += 1
+        return True
 
     def _record(self, item: RawItem, out) -> None:
         loc = (item.line, item.record)
@@ -182,10 +214,10 @@ class _Pass:
         for f, m in ctx.warnings:
             self.warnings.add(Problem(*loc, f, m))
         for rec in records:
-            text = json.dumps(rec.to_dict(), ensure_ascii=False)
+            text = _canonical(rec.to_dict())
             self.dups.add(text, *loc)
             if out is not None:
-                out.write(text + "\n")
+                out.write(text + b"\n")
             if self.tokens is not None:
                 bad = self.tokens.add(rec)
                 if bad:
@@ -196,6 +228,9 @@ class _Pass:
             self.n_examples += 1
 
     def majority(self) -> FormatSpec:
+        if self.n_plain and self.check_mixing:
+            self.votes["openai_chat"] += self.n_plain
+            self.n_plain = 0
         if not self.votes:
             return self.spec
         top = max(self.votes.values())
@@ -280,7 +315,7 @@ def _convert(source: Source, items: Iterable[RawItem], spec: FormatSpec, opts: O
     partial = opts.out_path.with_name(opts.out_path.name + ".partial")
     partial.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(partial, "w", encoding="utf-8") as out:
+        with open(partial, "wb") as out:
             conv.run(items, out)
         report = conv.report(source)
         if report.ok:

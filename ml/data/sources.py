@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ml.data.json_array import read_json_array
 from ml.data.report import Problem
 from ml.data.tabular import first_line_kind, read_csv, read_tsv
-from ml.data.text_lines import RawItem, decode_line
+from ml.data.text_lines import LAZY, RawItem, decode_line
 
 GZIP_MAGIC = b"\x1f\x8b"
 HEAD_BYTES = 64 * 1024
@@ -80,28 +82,37 @@ def _sniff(head: bytes) -> tuple[str | None, str | None]:
 
 
 def _read_jsonl(stream) -> Iterator[RawItem]:
+    """Lines as LAZY items: the validation pass parses each one (parse_line) or takes a fast path."""
     for n, raw in enumerate(stream, start=1):
         if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
-        if not raw.strip():
+        if raw.isspace() or not raw:
             continue
-        text, bad = decode_line(raw)
-        if bad:
-            yield RawItem(None, n, None, Problem(n, None, None, bad))
-            continue
-        text = text.rstrip("\r\n")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as e:
-            msg = f"invalid JSON ({e.msg}, column {e.colno})"
-            if n == 1 and text.strip() == "{":
-                msg += (
-                    "; the file looks like one pretty-printed JSON object: use JSON Lines "
-                    "(one complete object per line) or a JSON array of objects"
-                )
-            yield RawItem(None, n, None, Problem(n, None, None, msg))
-            continue
-        yield RawItem(value, n, None)
+        yield RawItem(LAZY, n, None, raw=raw)
+
+
+def parse_line(item: RawItem) -> RawItem:
+    """Parse a LAZY JSON Lines item into its value, or the problem with its column."""
+    raw, n = item.raw, item.line
+    try:
+        return RawItem(orjson.loads(raw), n, None)  # valid JSON in strict UTF-8 without NUL bytes
+    except orjson.JSONDecodeError:
+        pass  # NaN, huge integers or a real problem: the standard library decides and words it
+    text, bad = decode_line(raw)
+    if bad:
+        return RawItem(None, n, None, Problem(n, None, None, bad))
+    text = text.rstrip("\r\n")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        msg = f"invalid JSON ({e.msg}, column {e.colno})"
+        if n == 1 and text.strip() == "{":
+            msg += (
+                "; the file looks like one pretty-printed JSON object: use JSON Lines "
+                "(one complete object per line) or a JSON array of objects"
+            )
+        return RawItem(None, n, None, Problem(n, None, None, msg))
+    return RawItem(value, n, None)
 
 
 def open_file(

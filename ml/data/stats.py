@@ -8,13 +8,16 @@ tokenisation in ml.data.render, which is fine for statistics.
 
 from __future__ import annotations
 
-import hashlib
+import logging
 from array import array
 from typing import Any
 
 import numpy as np
 
-from ml.records import Conversation, PreferenceExample, PromptExample, Record
+from ml.data.fastpath import ChatMLRenderer, PieceCounter, template_messages
+from ml.records import Conversation, Message, PreferenceExample, PromptExample, Record
+
+log = logging.getLogger(__name__)
 
 HIST_BINS = 20
 
@@ -27,9 +30,9 @@ class DuplicateCounter:
         self._lines = array("q")  # line number or -1
         self._records = array("q")  # record number or -1
 
-    def add(self, canonical_json: str, line: int | None, record: int | None) -> None:
-        digest = hashlib.blake2b(canonical_json.encode("utf-8"), digest_size=8).digest()
-        self._hashes.append(int.from_bytes(digest, "little", signed=True))
+    def add(self, canonical_json: bytes, line: int | None, record: int | None) -> None:
+        # hash() of bytes is 64-bit SipHash: stable within the process, which is all one pass needs
+        self._hashes.append(hash(canonical_json))
         self._lines.append(-1 if line is None else line)
         self._records.append(-1 if record is None else record)
 
@@ -66,6 +69,28 @@ def _template_messages(messages) -> list[dict[str, Any]]:
     return out
 
 
+def _plain(msgs) -> bool:
+    return all(m.role in _PLAIN_ROLES and m.tool_calls is None and m.name is None for m in msgs)
+
+
+_PLAIN_ROLES = ("system", "user", "assistant")
+
+
+def fast_texts(renderer: ChatMLRenderer, rec: Record) -> list[str] | None:
+    """The chat-template text(s) through the verified string renderer, or None when it does not apply."""
+    if isinstance(rec, Conversation):
+        if rec.tools or not _plain(rec.messages):
+            return None
+        return [renderer.render(rec.messages)]
+    if isinstance(rec, PreferenceExample):
+        if not _plain(rec.prompt) or not _plain((rec.chosen, rec.rejected)):
+            return None
+        return [renderer.render(rec.prompt + (reply,)) for reply in (rec.chosen, rec.rejected)]
+    if isinstance(rec, PromptExample):
+        return [renderer.render(rec.prompt, True)] if _plain(rec.prompt) else None
+    return None
+
+
 def render_texts(tokenizer, rec: Record) -> list[str]:
     """The text(s) the chat template produces for one example (two for a preference pair)."""
     if isinstance(rec, Conversation):
@@ -91,8 +116,13 @@ def render_texts(tokenizer, rec: Record) -> list[str]:
 class TokenCounter:
     """Token length per example (the longer side for a preference pair), batched through the tokenizer."""
 
-    def __init__(self, tokenizer, max_length: int, batch_size: int = 128):
+    RENDER_CHECK_FIRST, RENDER_CHECK_EVERY = 32, 1009
+
+    def __init__(self, tokenizer, max_length: int, batch_size: int = 512):
         self.tokenizer = tokenizer
+        self.renderer = ChatMLRenderer.for_tokenizer(tokenizer)
+        self.pieces = PieceCounter.for_tokenizer(tokenizer)
+        self.n_rendered = 0
         self.max_length = max_length
         self.batch_size = batch_size
         self.lengths = array("I")
@@ -103,6 +133,12 @@ class TokenCounter:
 
     def add(self, rec: Record) -> str | None:
         """Queue one example; returns an error message when the chat template cannot render it."""
+        texts = fast_texts(self.renderer, rec) if self.renderer is not None else None
+        if texts is not None:
+            self._check_render(rec, texts)
+            self.dropped_tool_calls = False
+            self._queue(texts)
+            return None
         try:
             texts = render_texts(self.tokenizer, rec)
         except Exception as e:  # noqa: BLE001 - jinja TemplateError, raise_exception(), odd tool schemas
@@ -110,19 +146,55 @@ class TokenCounter:
         self.dropped_tool_calls = isinstance(rec, Conversation) and any(
             call["function"]["name"] not in texts[0] for m in rec.messages for call in (m.tool_calls or ())
         )
-        self._texts += texts
-        self._groups.append(len(texts))
+        self._queue(texts)
+        return None
+
+    def add_plain_chat(self, msgs) -> str | None:
+        """A chat from ml.data.fastpath.decode_plain_chat (role/content only, ends with the assistant).
+        Returns an error message, without queueing anything, when the chat template refuses it."""
+        if self.renderer is None:
+            try:
+                text = self.tokenizer.apply_chat_template(template_messages(msgs), tokenize=False)
+            except Exception as e:  # noqa: BLE001 - the caller re-reads the record on the full path
+                return f"the base model's chat template cannot render this example ({e})"
+        else:
+            texts = [self.renderer.render(msgs)]
+            self._check_render(Conversation(tuple(Message(m.role, m.content) for m in msgs)), texts)
+            text = texts[0]
+        self.dropped_tool_calls = False
+        self._texts.append(text)
+        self._groups.append(1)
         if len(self._groups) >= self.batch_size:
             self.flush()
         return None
 
+    def _check_render(self, rec: Record, texts: list[str]) -> None:
+        """Compare the string renderer with Jinja on a sample of real examples; any difference turns it off."""
+        n = self.n_rendered
+        self.n_rendered += 1
+        if n >= self.RENDER_CHECK_FIRST and n % self.RENDER_CHECK_EVERY:
+            return
+        if render_texts(self.tokenizer, rec) != texts:
+            log.warning("the string chat-template renderer differs from Jinja; rendering with Jinja")
+            self.renderer = None
+            texts[:] = render_texts(self.tokenizer, rec)
+
+    def _queue(self, texts: list[str]) -> None:
+        self._texts += texts
+        self._groups.append(len(texts))
+        if len(self._groups) >= self.batch_size:
+            self.flush()
+
     def flush(self) -> None:
         if not self._texts:
             return
-        ids = self.tokenizer(self._texts, add_special_tokens=False)["input_ids"]
+        if self.pieces is not None:
+            lengths = self.pieces.count(self._texts)
+        else:
+            lengths = [len(x) for x in self.tokenizer(self._texts, add_special_tokens=False)["input_ids"]]
         pos = 0
         for g in self._groups:
-            self.lengths.append(max(len(x) for x in ids[pos : pos + g]))
+            self.lengths.append(max(lengths[pos : pos + g]))
             pos += g
         self._texts, self._groups = [], []
 

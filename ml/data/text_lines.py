@@ -15,6 +15,7 @@ from typing import Any
 from ml.data.report import Problem
 
 MISSING = object()
+LAZY = object()  # RawItem.value of a JSON Lines item not parsed yet (see ml.data.sources.parse_line)
 
 
 @dataclass(slots=True)
@@ -26,6 +27,7 @@ class RawItem:
     record: int | None
     problem: Problem | None = None
     fatal: bool = False  # reading cannot go on after this problem
+    raw: bytes | None = None  # the line's bytes while value is LAZY
 
 
 def bad_utf8_message(raw: bytes, start: int, col_base: int = 0) -> str:
