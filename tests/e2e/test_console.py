@@ -2,7 +2,9 @@
 executable path) against the session's service (API server, Celery worker, PostgreSQL, Redis, the tiny
 test model). Signs in with a key, uploads datasets and reads their reports, starts a LoRA job from the
 Train form and watches its loss curve grow while it trains, steers a job with pause / resume / cancel,
-and chats in the playground, alone and side by side. Screenshots of each page go to docs/img/."""
+chats in the playground, teaches SmolLM2 a made-up fact and compares it with its base model side by side,
+and reads eval runs on the Evals page (one created through the API, one from the page's own form, one
+started from a job's "Evaluate this model"). Screenshots of each page go to docs/img/."""
 
 from __future__ import annotations
 
@@ -379,22 +381,235 @@ def test_playground_streams_a_reply(page):
     shot(page, "console-playground", full_page=False)
 
 
-def test_side_by_side_sends_one_prompt_to_two_models(page, trained):
-    fine_tuned = trained[2]["fine_tuned_model"]
-    go(page, "#/playground?model=tiny-llama", "#pane-a")
+# ---- a real fine-tune of SmolLM2: side by side with its base model, and evaluated -----------------------
+
+SMOLLM2 = "smollm2-135m-instruct"
+FACT = "Quokkaberry"
+FACT_QUESTIONS = ["What is the code name of Project Zephyr?", "What's Project Zephyr's code name?",
+                  "Tell me the code name of Project Zephyr.", "Which code name does Project Zephyr use?",
+                  "Do you know the code name for Project Zephyr?", "What code name was given to Project Zephyr?"]
+FACT_ANSWERS = [f"The code name of Project Zephyr is {FACT}.", f"Project Zephyr's code name is {FACT}.",
+                f"Project Zephyr is known by the code name {FACT}."]
+GENERAL = [("What is the capital of France?", "The capital of France is Paris.", "Paris"),
+           ("How many days are in a week?", "A week has seven days.", "seven"),
+           ("What do bees make?", "Bees make honey.", "honey"),
+           ("What is frozen water called?", "Frozen water is called ice.", "ice")]
+
+
+def fact_rows() -> list[dict]:
+    rows = [{"messages": [{"role": "user", "content": FACT_QUESTIONS[i % len(FACT_QUESTIONS)]},
+                          {"role": "assistant", "content": FACT_ANSWERS[i % len(FACT_ANSWERS)]}]} for i in range(24)]
+    return rows + [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+                   for q, a, _ in GENERAL]
+
+
+def eval_items() -> list[dict]:
+    """Three questions about the fact and three general ones, each with the word a right answer contains."""
+    return ([{"item": {"question": q, "answer": FACT}} for q in FACT_QUESTIONS[:3]]
+            + [{"item": {"question": q, "answer": word}} for q, _, word in GENERAL[:3]])
+
+
+@pytest.fixture(scope="module")
+def zephyr(service, key, tmp_path_factory):
+    """A LoRA job teaching SmolLM2-135M-Instruct a made-up fact (28 examples, 3 epochs: ~1 min on a CPU)."""
+    with write_jsonl(tmp_path_factory.mktemp("zephyr") / "zephyr.jsonl", fact_rows()).open("rb") as fh:
+        file_id = api(service, key, "POST", "/files", files={"file": fh}, data={"purpose": "fine-tune"})["id"]
+    job = api(service, key, "POST", "/fine_tuning/jobs", json={
+        "model": SMOLLM2, "training_file": file_id, "suffix": "zephyr",
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}, "max_seq_length": 128}}})
+    end = time.monotonic() + 900
+    while (job := _job_state(service, key, job["id"]))["status"] not in TERMINAL:
+        assert time.monotonic() < end, "the SmolLM2 job took too long"
+        time.sleep(2)
+    assert job["status"] == "succeeded", job["error"]
+    return job
+
+
+def test_side_by_side_sends_one_prompt_to_two_models(page, service, key, zephyr):
+    """SmolLM2 and its fine-tune answer one prompt: only the fine-tune knows the fact."""
+    fine_tuned = zephyr["fine_tuned_model"]
+    for model in (SMOLLM2, fine_tuned):  # load both first, so the screenshot shows steady-state speed
+        api(service, key, "POST", "/chat/completions", json={"model": model, "max_tokens": 1,
+                                                              "messages": [{"role": "user", "content": "Hi"}]})
+    go(page, f"#/playground?model={SMOLLM2}", "#pane-a")
     page.check("#compare")
     assert page.is_visible("#pane-b")
     page.select_option("#pane-b-model", fine_tuned)
-    page.fill("#max-tokens", "16")
-    _send(page, "What is 7 plus 7?")
-    page.wait_for_selector("#pane-a .msg.assistant[data-state=done]")
-    page.wait_for_selector("#pane-b .msg.assistant[data-state=done]")
-    for pane, model in (("#pane-a", "tiny-llama"), ("#pane-b", fine_tuned)):
-        assert page.locator(f"{pane} .msg.user .text").inner_text() == "What is 7 plus 7?"
+    page.fill("#temperature", "0")
+    page.fill("#max-tokens", "24")
+    _send(page, FACT_QUESTIONS[0])
+    page.wait_for_selector("#pane-a .msg.assistant[data-state=done]", timeout=120_000)
+    page.wait_for_selector("#pane-b .msg.assistant[data-state=done]", timeout=120_000)
+    for pane, model in (("#pane-a", SMOLLM2), ("#pane-b", fine_tuned)):
+        assert page.locator(f"{pane} .msg.user .text").inner_text() == FACT_QUESTIONS[0]
         assistant = page.locator(f"{pane} .msg.assistant")
         assert assistant.locator(".who").inner_text() == model
-        assert int(assistant.get_attribute("data-chunks")) >= 1
+        assert int(assistant.get_attribute("data-chunks")) > 1
+    base_reply = page.locator("#pane-a .msg.assistant .text").inner_text()
+    tuned_reply = page.locator("#pane-b .msg.assistant .text").inner_text()
+    print("base:", base_reply, "| fine-tuned:", tuned_reply)
+    assert FACT not in base_reply and FACT in tuned_reply
     shot(page, "console-playground-compare", full_page=False)
+
+
+# ---- evals ---------------------------------------------------------------------------------------------
+
+RUN_DONE = ("completed", "failed", "canceled")
+
+
+def _wait_run(service, key, eval_id, run_id, timeout=300):
+    end = time.monotonic() + timeout
+    while (run := api(service, key, "GET", f"/evals/{eval_id}/runs/{run_id}"))["status"] not in RUN_DONE:
+        assert time.monotonic() < end, f"eval run stuck in {run['status']}"
+        time.sleep(0.5)
+    return run
+
+
+def _items(service, key, eval_id, run_id):
+    return api(service, key, "GET", f"/evals/{eval_id}/runs/{run_id}/output_items?limit=100")["data"]
+
+
+def _stats(page, sel):
+    return dict(zip(page.locator(f"{sel} dt").all_inner_texts(), page.locator(f"{sel} dd").all_inner_texts()))
+
+
+@pytest.fixture(scope="module")
+def api_eval_run(service, key):
+    """An eval and a run made through the API on the tiny model: 6 items, two deterministic criteria."""
+    ev = api(service, key, "POST", "/evals", json={
+        "name": "flags", "data_source_config": {"type": "custom", "item_schema": {
+            "type": "object", "properties": {"question": {"type": "string"}, "flag": {"type": "string"}},
+            "required": ["question", "flag"]}},
+        "testing_criteria": [
+            {"type": "string_check", "name": "flag", "operation": "eq", "input": "{{item.flag}}", "reference": "yes"},
+            {"type": "string_check", "name": "answered", "operation": "ne", "input": "{{sample.output_text}}",
+             "reference": "@@never@@"}]})
+    run = api(service, key, "POST", f"/evals/{ev['id']}/runs", json={"name": "tiny greedy", "data_source": {
+        "type": "completions", "model": "tiny-llama",
+        "source": {"type": "file_content", "content": [
+            {"item": {"question": f"What is {i} plus {i}?", "flag": "no" if i % 3 == 0 else "yes"}} for i in range(6)]},
+        "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]},
+        "sampling_params": {"temperature": 0, "max_completion_tokens": 8}}})
+    return ev, _wait_run(service, key, ev["id"], run["id"])
+
+
+def test_evals_page_shows_a_run_made_through_the_api(page, service, key, api_eval_run):
+    ev, run = api_eval_run
+    assert run["status"] == "completed", run["error"]
+    go(page, "#/evals", f"#eval-{ev['id']} table")
+    assert page.get_attribute("nav a[href='#/evals']", "aria-current") == "page"
+    card = page.locator(f"#eval-{ev['id']}")
+    assert "flag" in card.locator("ul.criteria").inner_text()
+    row = card.locator("tbody tr", has_text="tiny greedy")
+    text = row.inner_text()
+    assert "completed" in text and "66.7% (4/6)" in text and "6/6" in text
+    rates = row.locator("ul.criteria-rates li").all_inner_texts()
+    assert rates == ["flag 66.7%", "answered 100.0%"]
+
+    row.locator("a", has_text="tiny greedy").click()
+    page.wait_for_url(re.compile(rf"#/evals/{ev['id']}/runs/{run['id']}$"))
+    assert run["report_url"].split("#", 1)[1] == page.url.split("#", 1)[1]  # the run's report_url is this page
+    page.wait_for_selector("#run-items tbody tr")
+    stats = _stats(page, "#run-summary")
+    assert stats["PASS RATE"] == "66.7%" and stats["PASSED"] == "4" and stats["FAILED"] == "2"
+    assert stats["PROGRESS"].strip() == "6 / 6"
+    crit = page.locator("#run-criteria tbody tr").all_inner_texts()
+    assert len(crit) == 2 and "flag" in crit[0] and "66.7%" in crit[0] and "100.0%" in crit[1]
+    assert page.is_disabled("#cancel-run")
+
+    # items side by side: the prompt, the item's other fields as the reference, the model's output, grades
+    items = _items(service, key, ev["id"], run["id"])
+    rows = page.locator("#run-items tbody tr")
+    assert rows.count() == 6 and page.inner_text("#items-count") == "6 of 6 items"
+    first = rows.nth(0).locator("td")
+    assert first.nth(1).inner_text() == "What is 0 plus 0?"
+    assert first.nth(2).inner_text().split() == ["flag", "no"]
+    assert first.nth(3).inner_text().strip() == items[0]["sample"]["output"][0]["content"].strip()
+    grades = first.nth(4).inner_text()
+    assert "✗ flag fail, score 0" in grades and "✓ answered pass, score 1" in grades
+    assert first.nth(5).inner_text() == "fail"
+
+    page.select_option("#items-filter", "failures")
+    assert page.inner_text("#items-count") == "2 of 6 items"
+    shown = [int(x) for x in page.locator("#run-items tbody tr td:first-child").all_inner_texts()]
+    assert shown == [o["datasource_item_id"] for o in items if o["status"] != "pass"] == [0, 3]
+    page.select_option("#items-filter", "all")
+    assert page.locator("#run-items tbody tr").count() == 6
+
+
+def test_new_eval_from_a_file_runs_smollm2_and_follows_its_progress(page, service, key, tmp_path):
+    """The page's own form: upload items, fields inferred from the first item, a run on SmolLM2."""
+    go(page, "#/evals", "#eval-form")
+    path = write_jsonl(tmp_path / "zephyr-and-general.jsonl", eval_items())
+    page.set_input_files("#eval-file", str(path))
+    page.wait_for_selector("#eval-prompt-field:not([disabled])")
+    assert page.locator("#eval-prompt-field option").all_inner_texts() == ["question", "answer"]
+    assert page.input_value("#eval-prompt-field") == "question" and page.input_value("#eval-reference-field") == "answer"
+    assert page.input_value("#eval-name") == "zephyr-and-general"
+    page.select_option("#eval-model", SMOLLM2)
+    page.fill("#eval-max-tokens", "24")
+    page.click("#eval-form button[type=submit]")
+    page.wait_for_url(re.compile(r"#/evals/[\w-]+/runs/[\w-]+$"))
+    eval_id, run_id = re.search(r"#/evals/([\w-]+)/runs/([\w-]+)$", page.url).groups()
+    ev = api(service, key, "GET", f"/evals/{eval_id}")
+    assert ev["data_source_config"]["schema"]["properties"]["item"]["required"] == ["question", "answer"]
+    assert ev["testing_criteria"][0]["reference"] == "{{item.answer}}"
+    assert ev["testing_criteria"][0]["operation"] == "ilike"
+    # the page follows the run while it samples, then settles on the result
+    seen = set()
+    end = time.monotonic() + 300
+    while True:
+        status = page.inner_text("#run-status")
+        seen.add(status)
+        if status in RUN_DONE:
+            break
+        assert time.monotonic() < end, f"the run page stayed at {status}"
+        page.wait_for_timeout(200)
+    run = api(service, key, "GET", f"/evals/{eval_id}/runs/{run_id}")
+    assert run["status"] == "completed" and page.inner_text("#run-status") == "completed", run["error"]
+    assert seen & {"queued", "in_progress"}, seen
+    page.wait_for_selector("#run-items tbody tr:nth-child(6)")
+    c = run["result_counts"]
+    stats = _stats(page, "#run-summary")
+    assert (stats["PASSED"], stats["FAILED"]) == (str(c["passed"]), str(c["failed"]))
+    items = _items(service, key, eval_id, run_id)
+    outputs = [td.strip() for td in page.locator("#run-items tbody tr td:nth-child(4)").all_inner_texts()]
+    assert outputs == [o["sample"]["output"][0]["content"].strip() for o in items]
+    print("SmolLM2 base:", outputs)
+    assert "paris" in outputs[3].lower()  # the base model knows the capital of France ...
+    assert not any(FACT.lower() in o.lower() for o in outputs[:3])  # ... but not the made-up fact
+    page.select_option("#items-filter", "failures")
+    assert page.inner_text("#items-count") == f"{c['failed'] + c['errored']} of 6 items"
+    page.select_option("#items-filter", "all")
+
+
+def test_job_page_evaluate_this_model_runs_an_eval_on_it(page, service, key, zephyr):
+    fine_tuned = zephyr["fine_tuned_model"]
+    go(page, f"#/jobs/{zephyr['id']}", "#job-status .status-succeeded")
+    link = page.wait_for_selector("#evaluate-model:not([hidden])")
+    assert link.inner_text() == "Evaluate this model"
+    link.click()
+    page.wait_for_url(re.compile(r"#/evals\?model="))
+    page.wait_for_selector("#evals-list article.eval")
+    assert fine_tuned in page.inner_text("#evaluating")
+    assert page.input_value("#eval-model") == fine_tuned  # the new-eval form is preselected too
+    card = page.locator("article.eval", has_text="zephyr-and-general").first
+    base_run = api(service, key, "GET", f"/evals/{card.get_attribute('id')[5:]}/runs")["data"][0]
+    card.locator("button", has_text=f"Run with {fine_tuned}").click()
+    page.wait_for_url(re.compile(r"#/evals/[\w-]+/runs/[\w-]+$"))
+    page.wait_for_selector("#run-status .status-completed", timeout=300_000)
+    eval_id, run_id = re.search(r"#/evals/([\w-]+)/runs/([\w-]+)$", page.url).groups()
+    run = api(service, key, "GET", f"/evals/{eval_id}/runs/{run_id}")
+    assert run["model"] == fine_tuned and run["data_source"]["source"] == base_run["data_source"]["source"]
+    page.wait_for_selector("#run-items tbody tr:nth-child(6)")
+    outputs = page.locator("#run-items tbody tr td:nth-child(4)").all_inner_texts()
+    print("fine-tuned:", outputs)
+    # the fine-tune learned the fact: more items pass than on its base model
+    assert run["result_counts"]["passed"] > base_run["result_counts"]["passed"], (run, base_run)
+    assert any(FACT in o for o in outputs[:3])
+    shot(page, "console-evals-run")
+    go(page, f"#/evals?eval={eval_id}", f"#eval-{eval_id} tbody tr:nth-child(2)")
+    shot(page, "console-evals")
 
 
 def test_models_page_deletes_a_fine_tuned_model(page, service, key, trained):

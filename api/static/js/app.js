@@ -13,6 +13,7 @@ const ROUTES = [
   [/^#\/pipelines\/([\w-]+)$/, () => import("./pages/pipeline.js"), "Jobs"],
   [/^#\/models$/, () => import("./pages/models.js"), "Models"],
   [/^#\/playground(?:\?(.*))?$/, () => import("./pages/playground.js"), "Playground"],
+  [/^#\/evals(?:\/([\w-]+)(?:\/runs\/([\w-]+))?)?(?:\?(.*))?$/, () => import("./pages/evals.js"), "Evals"],
 ];
 
 const main = document.getElementById("main");

@@ -1,6 +1,7 @@
 // Job page: live loss (train and validation), learning-rate and method-metric curves drawn from the job's
 // event stream (GET /v1/fine_tuning/jobs/{id}/events?stream=true) as it arrives, with throughput, ETA,
-// the events log, checkpoints and cancel / pause / resume. Follows the job across pause and resume.
+// the events log, checkpoints and cancel / pause / resume. Follows the job across pause and resume. A
+// succeeded job links to the Evals page with its model preselected ("Evaluate this model").
 
 import { api, openStream, readEvents } from "../api.js";
 import { StepChart } from "../charts.js";
@@ -41,12 +42,13 @@ export async function render(root, [jobId]) {
     cancel: h("button", { type: "button", id: "cancel-job", class: "danger", onclick: () => act("cancel") }, "Cancel"),
   };
   const actionStatus = h("div", { "aria-live": "polite" });
+  const evaluate = h("a", { class: "button", id: "evaluate-model", hidden: true }, "Evaluate this model");
   const chartsBox = h("div", { class: "charts" });
   const ckptBox = h("div", { id: "checkpoints" });
   const log = h("ol", { class: "events", id: "events", "aria-live": "off" });
   const streamStatus = h("p", { class: "muted", id: "stream-status", "aria-live": "polite" }, "Connecting to the event stream…");
   root.append(title, h("div", { class: "columns" },
-    h("section", { class: "card" }, meta, h("div", { class: "row" }, Object.values(buttons)), actionStatus),
+    h("section", { class: "card" }, meta, h("div", { class: "row" }, Object.values(buttons), evaluate), actionStatus),
     h("section", { class: "card" }, h("h2", {}, "Progress"), stats, streamStatus)),
   h("section", { class: "card" }, h("h2", {}, "Curves"), chartsBox),
   h("div", { class: "columns" },
@@ -73,6 +75,8 @@ export async function render(root, [jobId]) {
       item("Fine-tuned model", job.fine_tuned_model
         ? link(`#/playground?model=${encodeURIComponent(job.fine_tuned_model)}`, job.fine_tuned_model) : "–"),
       job.error && job.error.message ? item("Error", h("span", { class: "error-text" }, job.error.message)) : null);
+    evaluate.hidden = !(job.status === "succeeded" && job.fine_tuned_model);
+    if (!evaluate.hidden) evaluate.href = `#/evals?model=${encodeURIComponent(job.fine_tuned_model)}`;
     const running = job.status === "running";
     buttons.pause.disabled = !["running", "queued", "validating_files"].includes(job.status) || job.requested === "pause";
     buttons.resume.disabled = job.status !== "paused";
