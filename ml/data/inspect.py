@@ -47,6 +47,7 @@ def inspect_file(
     out_path: str | Path | None = None,
     max_errors: int = 1000,
     min_examples: int = DEFAULT_MIN_EXAMPLES,
+    progress: Callable[[float], None] | None = None,
 ) -> ValidationReport:
     """Detect, convert and validate an uploaded training file.
 
@@ -56,9 +57,11 @@ def inspect_file(
     statistics through the chat template and refuses examples the template cannot render.
     Problems are located as "line N" (JSON Lines, CSV/TSV) or "record N (line L)" (JSON arrays,
     records counted from 1). At most max_errors errors and max_errors warnings are listed; the
-    report's n_errors/n_warnings count all of them.
+    report's n_errors/n_warnings count all of them. Parquet files and zipped/tarred datasets
+    save_to_disk folders are read row by row; their problems say "row N". progress, when given, is
+    called now and then with the fraction of the file read (0..1).
     """
-    source = open_file(path, KNOWN_COLUMNS, FLAN_COLUMNS)
+    source = open_file(path, KNOWN_COLUMNS, FLAN_COLUMNS, progress)
     return run_source(
         source, _options(forced_format, tokenizer, max_length, out_path, max_errors, min_examples)
     )

@@ -30,7 +30,7 @@ from ml.data.formats import (
 )
 from ml.data.formats.fields import json_type
 from ml.data.report import Problem, ProblemLog, ValidationReport
-from ml.data.sources import Source, parse_line
+from ml.data.sources import ROW_CONTAINERS, Source, parse_line
 from ml.data.stats import DuplicateCounter, TokenCounter
 from ml.data.text_lines import LAZY, RawItem
 
@@ -108,6 +108,9 @@ def _unrecognised(source: Source, sample: list[RawItem], opts: Options) -> Valid
             )
         )
     n_records = sum(1 for i in sample if i.problem is None)
+    if source.container in ROW_CONTAINERS:
+        for problem in errors.items:
+            problem.unit = "row"
     return ValidationReport(
         None,
         None,
@@ -242,10 +245,11 @@ class _Pass:
         spec, opts = self.spec, self.opts
         if spec.unsupported:
             self.errors.add(Problem(None, None, None, f"this is a {spec.name} file: {spec.unsupported}"))
+        unit = "row" if source.container in ROW_CONTAINERS else "record"
         n_dups, first = self.dups.result()
         if n_dups:
             (la, ra), (lb, rb) = self.dups.where(first[0]), self.dups.where(first[1])
-            original = Problem(lb, rb, None, "").location
+            original = Problem(lb, rb, None, "", unit).location
             self.warnings.add(
                 Problem(
                     la,
@@ -289,6 +293,9 @@ class _Pass:
                     f"{opts.min_examples} are needed",
                 )
             )
+        if unit != "record":
+            for problem in itertools.chain(self.errors.items, self.warnings.items):
+                problem.unit = unit
         return ValidationReport(
             format=spec.name,
             kind=spec.kind,

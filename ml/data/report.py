@@ -26,13 +26,14 @@ class Problem:
     record: int | None
     field: str | None
     message: str
+    unit: str = "record"  # "row" for Parquet and Arrow files
 
     @property
     def location(self) -> str:
         if self.record is not None and self.line is not None:
-            return f"record {self.record} (line {self.line})"
+            return f"{self.unit} {self.record} (line {self.line})"
         if self.record is not None:
-            return f"record {self.record}"
+            return f"{self.unit} {self.record}"
         if self.line is not None:
             return f"line {self.line}"
         return ""

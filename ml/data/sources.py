@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -22,7 +23,11 @@ from ml.data.report import Problem
 from ml.data.tabular import first_line_kind, read_csv, read_tsv
 from ml.data.text_lines import LAZY, RawItem, decode_line
 
+log = logging.getLogger(__name__)
+
 GZIP_MAGIC = b"\x1f\x8b"
+ROW_CONTAINERS = ("parquet", "arrow")  # problems there say "row N"
+PROGRESS_EVERY = 4096  # items between progress callbacks
 HEAD_BYTES = 64 * 1024
 _STREAM_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
 
@@ -51,16 +56,10 @@ def _sniff(head: bytes) -> tuple[str | None, str | None]:
         return None, "the file is empty"
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return None, "the file is UTF-16 encoded; save it as UTF-8"
-    if head.startswith(b"PK\x03\x04"):
-        return (
-            None,
-            "zip archives are not supported; upload the .jsonl, .json, .csv or .tsv file (or gzip it)",
-        )
+    if head.startswith(b"PK\x03\x04") or head[257:262] == b"ustar":
+        return "archive", None
     if head.startswith(b"PAR1"):
-        return (
-            None,
-            "Parquet files are not supported as uploads; use JSON Lines, or import it as a hub dataset",
-        )
+        return "parquet", None
     if b"\x00" in head:
         at = head.index(b"\x00")
         return None, (
@@ -115,10 +114,85 @@ def parse_line(item: RawItem) -> RawItem:
     return RawItem(value, n, None)
 
 
+ARCHIVE_REFUSAL = (
+    "zip archives are not supported (except a Hugging Face datasets save_to_disk folder, zipped or tarred); "
+    "upload the .jsonl, .json, .csv, .tsv or .parquet file (or gzip it)"
+)
+
+
+def _parquet_rows(path: Path, progress) -> Iterator[RawItem]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    n, groups = 0, pf.num_row_groups
+    for g in range(groups):
+        for batch in pf.iter_batches(batch_size=2048, row_groups=[g]):
+            for row in batch.to_pylist():
+                n += 1
+                yield RawItem(row, None, n)
+        if progress is not None:
+            progress((g + 1) / groups)
+
+
+def _extract_dataset(path: Path, compressed: bool) -> tuple[Path, Path] | None:
+    """Unpack a zip/tar(.gz) into a temporary folder; the folder holding a datasets save_to_disk
+    (dataset_info.json / state.json next to .arrow files) with the temporary root, or None."""
+    import shutil
+    import tarfile
+    import tempfile
+    import zipfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="chatforge-archive-"))
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                for name in z.namelist():
+                    if name.startswith("/") or ".." in Path(name).parts:
+                        raise ValueError(f"unsafe path in archive: {name}")
+                z.extractall(tmp)
+        else:
+            with tarfile.open(path, "r:gz" if compressed else "r:") as t:
+                t.extractall(tmp, filter="data")
+        for dd in sorted(tmp.rglob("dataset_dict.json")):  # a DatasetDict: its train split
+            if (dd.parent / "train" / "state.json").exists():
+                return tmp, dd.parent / "train"
+        for state in sorted(tmp.rglob("state.json")):
+            if any(state.parent.glob("*.arrow")):
+                return tmp, state.parent
+    except Exception as e:  # noqa: BLE001 - unreadable or unsafe archive: refused with one message
+        log.info("archive %s is not a readable dataset folder: %s", path, e)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return None
+
+
+def _arrow_source(root: Path, folder: Path, progress) -> Source:
+    import shutil
+    import weakref
+
+    def items() -> Iterator[RawItem]:
+        from datasets import load_from_disk
+
+        ds = load_from_disk(str(folder))
+        total = max(len(ds), 1)
+        for n, row in enumerate(ds, start=1):
+            yield RawItem(row, None, n)
+            if progress is not None and n % PROGRESS_EVERY == 0:
+                progress(n / total)
+
+    source = Source("arrow", False, items)
+    weakref.finalize(source, shutil.rmtree, root, True)  # the unpacked copy lives as long as the source
+    return source
+
+
 def open_file(
-    path: str | Path, known_columns: frozenset[str], tsv_default_columns: tuple[str, ...] | None
+    path: str | Path,
+    known_columns: frozenset[str],
+    tsv_default_columns: tuple[str, ...] | None,
+    progress=None,
 ) -> Source:
-    """Sniff `path` and return a Source whose items can be read again from the start."""
+    """Sniff `path` and return a Source whose items can be read again from the start.
+
+    progress: an optional callable taking the fraction (0..1) of the file read so far."""
     path = Path(path)
     with open(path, "rb") as f:
         magic = f.read(2)
@@ -130,15 +204,24 @@ def open_file(
         msg = f"the gzip data is corrupt or truncated ({e})"
         return Source(None, compressed, lambda: _fatal(msg))
     container, refusal = _sniff(head)
+    if container == "parquet" and not compressed:
+        return Source("parquet", False, lambda: _parquet_rows(path, progress))
+    if container in ("archive", "parquet"):
+        found = _extract_dataset(path, compressed) if container == "archive" else None
+        if found is None:
+            return Source(None, compressed, lambda: _fatal(ARCHIVE_REFUSAL))
+        return _arrow_source(*found, progress)
     if refusal:
         if refusal == "the file is empty" and compressed:
             refusal = "the file is empty (after gzip decompression)"
         return Source(None, compressed, lambda: _fatal(refusal))
 
+    size = max(path.stat().st_size, 1)
+
     def items() -> Iterator[RawItem]:
         last_line = 0
         try:
-            with _open_binary(path, compressed) as f:
+            with open(path, "rb") as raw, (gzip.GzipFile(fileobj=raw) if compressed else raw) as f:
                 if container == "json":
                     reader = read_json_array(f)
                 elif container == "jsonl":
@@ -147,9 +230,16 @@ def open_file(
                     reader = read_tsv(f, known_columns, tsv_default_columns)
                 else:
                     reader = read_csv(f, known_columns)
-                for item in reader:
-                    last_line = item.line or last_line
-                    yield item
+                if progress is None:
+                    for item in reader:
+                        last_line = item.line or last_line
+                        yield item
+                else:
+                    for n, item in enumerate(reader):
+                        last_line = item.line or last_line
+                        yield item
+                        if n % PROGRESS_EVERY == 0:
+                            progress(raw.tell() / size)
         except _STREAM_ERRORS as e:
             where = f" after line {last_line}" if last_line else ""
             kind = "gzip data" if compressed else "file"
