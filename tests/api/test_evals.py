@@ -208,26 +208,26 @@ def test_run_survives_worker_kill_and_resumes_after_stored_items(chaos, chaos_cl
     ev = c.evals.create(name="chaos", data_source_config={"type": "custom", "item_schema": SCHEMA},
                         testing_criteria=criteria())
     run = c.evals.runs.create(ev.id, data_source={
-        "type": "completions", "model": "tiny-llama", "source": {"type": "file_content", "content": items(48)},
-        "input_messages": TEMPLATE, "sampling_params": {"temperature": 0.7, "max_completion_tokens": 48, "seed": 3}})
+        "type": "completions", "model": "tiny-llama", "source": {"type": "file_content", "content": items(24)},
+        "input_messages": TEMPLATE, "sampling_params": {"temperature": 0.7, "max_completion_tokens": 16, "seed": 3}})
     end = time.monotonic() + 300
     while time.monotonic() < end:
         r = c.evals.runs.retrieve(run.id, eval_id=ev.id)
-        if r.model_extra["progress"]["completed"] >= 8 or r.status in RUN_DONE:
+        if r.model_extra["progress"]["completed"] >= 4 or r.status in RUN_DONE:
             break
         time.sleep(0.05)
-    assert r.status == "in_progress" and r.model_extra["progress"]["completed"] < 48, r
+    assert r.status == "in_progress" and r.model_extra["progress"]["completed"] < 24, r
     chaos.workers[0].kill9()
     before = {o.datasource_item_id: (o.id, o.sample.output[0].content)
               for o in c.evals.runs.output_items.list(run.id, eval_id=ev.id, limit=100).data}
-    assert 8 <= len(before) < 48
+    assert 4 <= len(before) < 24
     chaos.start_worker()
     run = wait_run(c, ev.id, run.id, timeout=300)
     assert run.status == "completed", run.error
     assert run.model_extra["attempts"] == 2
-    assert run.result_counts.total == 48 and run.result_counts.passed + run.result_counts.failed == 48
+    assert run.result_counts.total == 24 and run.result_counts.passed + run.result_counts.failed == 24
     after = c.evals.runs.output_items.list(run.id, eval_id=ev.id, limit=100).data
-    assert sorted(o.datasource_item_id for o in after) == list(range(48))  # each item once
+    assert sorted(o.datasource_item_id for o in after) == list(range(24))  # each item once
     for o in after:  # items stored before the kill were kept, not redone
         if o.datasource_item_id in before:
             assert (o.id, o.sample.output[0].content) == before[o.datasource_item_id]
@@ -239,7 +239,7 @@ def test_cancel_and_delete_run(chaos_client):
                         testing_criteria=criteria()[:1])
     run = c.evals.runs.create(ev.id, data_source={
         "type": "completions", "model": "tiny-llama", "source": {"type": "file_content", "content": items(200)},
-        "input_messages": TEMPLATE, "sampling_params": {"max_completion_tokens": 64}})
+        "input_messages": TEMPLATE, "sampling_params": {"max_completion_tokens": 32}})
     wait_run(c, ev.id, run.id, statuses=("in_progress",) + RUN_DONE)
     c.evals.runs.cancel(run.id, eval_id=ev.id)
     run = wait_run(c, ev.id, run.id)
@@ -255,7 +255,7 @@ def test_cancel_and_delete_run(chaos_client):
 @pytest.fixture(scope="module")
 def trained(client_a, tmp_path_factory):
     pref = client_a.files.create(file=write_jsonl(tmp_path_factory.mktemp("pw") / "pref.jsonl",
-                                                  preference_rows(16)).open("rb"), purpose="fine-tune").id
+                                                  preference_rows(8)).open("rb"), purpose="fine-tune").id
 
     def train(mtype, settings):
         job = client_a.fine_tuning.jobs.create(model="tiny-llama", training_file=pref,
