@@ -120,3 +120,28 @@ def reference_scores(model, tokenizer, items=REWARD_ITEMS) -> list[float]:
     with torch.no_grad():
         return [float(model(input_ids=torch.tensor([reward_input_ids(tokenizer, msgs)])).logits[0, 0])
                 for msgs in items]
+
+
+def served_checkpoints(client, job) -> dict[int, str]:
+    """step -> checkpoint model id, as the API lists them."""
+    page = client.fine_tuning.jobs.checkpoints.list(job.id, limit=100).data
+    return {c.step_number: c.fine_tuned_model_checkpoint for c in page}
+
+
+def check_chat_parity(svc, client, job, base: Path, sft_adapter: Path | None, steps=(1, 2)) -> list[Reply]:
+    """Each checkpoint and the final model serve their raw weights' greedy reply; returns the references
+    (checkpoints by step, then the final model)."""
+    from ml.models import load_tokenizer
+
+    raw = raw_checkpoints(svc, job.id)
+    served = served_checkpoints(client, job)
+    assert sorted(served) == sorted(raw) == list(steps), (served, raw)
+    tokenizer = load_tokenizer(sft_adapter or base)
+    replies = []
+    # the final model holds the last step's weights (folded over the base for an SFT start)
+    pairs = [*((served[s], raw[s]) for s in sorted(served)), (job.fine_tuned_model, raw[max(steps)])]
+    for model_id, folder in pairs:
+        want = greedy_reply(reference_lm(base, sft_adapter, folder), tokenizer)
+        assert_same_reply(served_reply(client, model_id), want, model_id)
+        replies.append(want)
+    return replies

@@ -19,7 +19,7 @@ from tests.conftest import FAST_JOBS
 from tests.support.data import preference_rows, prompt_rows, sft_rows, write_jsonl
 from tests.support.parity import (
     REWARD_ITEMS,
-    assert_same_reply,
+    check_chat_parity,
     differ,
     greedy_reply,
     job_dir,
@@ -27,6 +27,7 @@ from tests.support.parity import (
     reference_lm,
     reference_reward_model,
     reference_scores,
+    served_checkpoints,
     served_reply,
 )
 from tests.support.service import postgres_database, redis_database, start_service
@@ -96,26 +97,6 @@ def sft_adapter(svc, sft_job):
 @pytest.fixture(scope="module")
 def reward_job(client, files):
     return run_job(client, "tiny-llama", "reward_model", files["preference"], REWARD)
-
-
-def served_checkpoints(client, job) -> dict[int, str]:
-    page = client.fine_tuning.jobs.checkpoints.list(job.id, limit=100).data
-    return {c.step_number: c.fine_tuned_model_checkpoint for c in page}
-
-
-def check_chat_parity(svc, client, job, base, sft_adapter) -> list:
-    """Each checkpoint and the final model serve their raw weights' greedy reply; returns the replies."""
-    raw = raw_checkpoints(svc, job.id)
-    served = served_checkpoints(client, job)
-    assert sorted(served) == sorted(raw) == [1, 2], (served, raw)
-    tokenizer = load_tokenizer(sft_adapter or base)
-    replies = []
-    # the final model holds the last step's weights (folded over the base for an SFT start)
-    for model_id, folder in [*((m, raw[s]) for s, m in served.items()), (job.fine_tuned_model, raw[2])]:
-        want = greedy_reply(reference_lm(base, sft_adapter, folder), tokenizer)
-        assert_same_reply(served_reply(client, model_id), want, model_id)
-        replies.append(want)
-    return replies
 
 
 def test_sft_lora_checkpoints_serve_their_weights(svc, client, sft_job, tiny_model_path):
