@@ -23,6 +23,7 @@ RUN_JOB = "chatforge.run_job"
 RUN_EVAL = "chatforge.run_eval"
 PING = "chatforge.ping"
 RECONCILE = "chatforge.reconcile"
+VALIDATE_FILE = "chatforge.validate_file"  # workers.files: background validation of large uploads
 
 QUEUE_ANY = "jobs"  # any worker may take it
 QUEUE_CUDA = "jobs.cuda"  # needs a CUDA worker

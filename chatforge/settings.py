@@ -33,6 +33,18 @@ class Settings(BaseSettings):
     serve_max_queue: int = Field(64, description="Waiting requests before the API answers 429.")
     adapter_cache_size: int = Field(8, description="Fine-tuned adapters kept loaded per base model (LRU).")
     log_format: str = Field("json", description='"json" for structured logs, "text" for humans.')
+    sync_validation_max_bytes: int = Field(
+        16 * 1024 * 1024,
+        description="Uploads up to this size are validated inside the request (400 with line numbers); "
+        'larger ones are answered at once with status "uploaded" and validated on a worker.',
+    )
+    max_chunked_upload_bytes: int = Field(
+        8 * 1024**3, description="Largest file assembled through /v1/uploads (parts of up to 64 MB each)."
+    )
+    upload_expiry_seconds: int = Field(3600, description="An upload not completed this long expires; its parts are deleted.")
+    file_validation_lease_seconds: int = Field(
+        60, description="A file being validated whose worker stops renewing this long is validated again."
+    )
 
     @property
     def db_url(self) -> str:

@@ -1,5 +1,9 @@
 """/v1/files: upload (streamed, size-limited, validated and converted), list, retrieve, content,
-preview, delete, and import from a dataset hub. The format work is ml.data's; this is the HTTP side."""
+preview, delete, and import from a dataset hub. The format work is ml.data's; this is the HTTP side.
+
+Small uploads (settings.sync_validation_max_bytes) are validated inside the request: a bad one is a 400
+naming the line. Larger ones are stored and answered at once with status "uploaded"; a worker
+(workers.files) validates them and the file becomes "processed" or "error" (status_details)."""
 
 from __future__ import annotations
 
@@ -13,14 +17,17 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
 from api.errors import BadRequest, Conflict, NotFound, TooLarge
 from api.pagination import paginate
 from api.services.tokenizers import tokenizer_for
-from chatforge.db.models import FineTuningJob, Project, StoredFile, new_id
-from chatforge.storage import Storage, TooLarge as StorageTooLarge
-from sqlalchemy.orm import Session
+from chatforge.db.models import FineTuningJob, Project, StoredFile, new_id, utcnow
+from chatforge.queue import VALIDATE_FILE, enqueue_after_commit
+from chatforge.settings import Settings
+from chatforge.storage import Storage
+from chatforge.storage import TooLarge as StorageTooLarge
 
 router = APIRouter(prefix="/v1", tags=["files"])
 
@@ -37,7 +44,8 @@ def file_object(f: StoredFile, with_report: bool = True) -> dict:
         "filename": f.filename,
         "purpose": f.purpose,
         "status": f.status,
-        "status_details": None,
+        "status_details": f.status_details,
+        "progress": f.progress if f.status == "uploaded" else None,
         "expires_at": None,
         "format": f.format,
         "kind": f.kind,
@@ -85,6 +93,27 @@ def _validate_and_store(session: Session, storage: Storage, project: Project, fi
     return row
 
 
+def accept_file(session: Session, storage: Storage, settings: Settings, project: Project, file_id: str,
+                raw_key: str, filename: str, purpose: str, forced_format: str | None, nbytes: int,
+                max_length: int = 2048) -> StoredFile:
+    """A stored upload becomes a file: validated now when small (400 on a bad file), else queued for a
+    worker. The caller deletes files/<id> if this raises."""
+    if purpose == "evals":
+        from api.services.evals import store_eval_file
+
+        return store_eval_file(session, storage, project, file_id, raw_key, filename, nbytes)
+    if nbytes <= settings.sync_validation_max_bytes:
+        return _validate_and_store(session, storage, project, file_id, raw_key, filename, purpose,
+                                   forced_format, nbytes, max_length)
+    row = StoredFile(id=file_id, project_id=project.id, filename=filename, purpose=purpose, bytes=nbytes,
+                     status="uploaded", storage_key=raw_key, forced_format=forced_format, max_length=max_length,
+                     progress=0.0, enqueued_at=utcnow())
+    session.add(row)
+    session.flush()
+    enqueue_after_commit(session, file_id, "any", task=VALIDATE_FILE)
+    return row
+
+
 @router.post("/files")
 def upload_file(
     request: Request,
@@ -92,7 +121,8 @@ def upload_file(
     project: ProjectDep,
     storage: StorageDep,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="JSONL, JSON array, gzip of either, CSV or TSV")],
+    file: Annotated[UploadFile, File(description="JSONL, JSON array, CSV, TSV (any gzipped), Parquet, or a "
+                                                 "zipped/tarred datasets save_to_disk folder")],
     purpose: Annotated[str, Form()] = "fine-tune",
     format: Annotated[str | None, Form(description="force a format instead of detecting it")] = None,
     max_length: Annotated[int, Form(description="length used for the over-length share")] = 2048,
@@ -116,14 +146,8 @@ def upload_file(
         raise TooLarge(f"file exceeds the upload limit of {e.limit} bytes", param="file",
                        code="file_too_large") from None
     try:
-        if purpose == "evals":
-            from api.services.evals import store_eval_file
-
-            row = store_eval_file(session, storage, project, file_id, raw_key, sanitize_filename(file.filename),
-                                  nbytes)
-        else:
-            row = _validate_and_store(session, storage, project, file_id, raw_key,
-                                      sanitize_filename(file.filename), purpose, format, nbytes, max_length)
+        row = accept_file(session, storage, settings, project, file_id, raw_key, sanitize_filename(file.filename),
+                          purpose, format, nbytes, max_length)
     except BaseException:
         storage.delete(f"files/{file_id}")  # a failed upload leaves nothing behind
         raise

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from api.errors import BadRequest, NotFound
 from api.services.models import visible_model
 from chatforge.db.models import FineTuningJob, Project, StoredFile, Worker, utcnow
-from chatforge.jobstate import add_event
+from chatforge.jobstate import add_event, finish
 from chatforge.queue import enqueue_after_commit
 from chatforge import jobconfig
 from chatforge.jobconfig import METHOD_KINDS, ONLINE_RL
@@ -27,10 +27,13 @@ def build_config(method_type: str, body: dict[str, Any]):
         raise BadRequest(f"{e.param}: {e.message}", param=e.param, code="invalid_hyperparameter") from None
 
 
-def _file(session: Session, project: Project, file_id: str | None, param: str, kind: str) -> StoredFile:
+def _file(session: Session, project: Project, file_id: str | None, param: str, kind: str,
+          allow_pending: bool = False) -> StoredFile:
     f = session.get(StoredFile, file_id) if file_id else None
     if f is None or f.project_id != project.id:
         raise NotFound(f"No such File object: {file_id}", param=param, code="file_not_found")
+    if allow_pending and f.status in ("uploaded", "error"):
+        return f  # still validating on a worker (the job waits), or invalid (the job fails with its message)
     if f.status != "processed":
         raise BadRequest(f"{param} {file_id} is not ready (status {f.status})", param=param)
     if f.kind != kind:
@@ -61,10 +64,11 @@ def create_job(session: Session, project: Project, req: dict[str, Any], *, pipel
         raise BadRequest(f"{base.id} is a reward model; it cannot be fine-tuned as a chat model",
                          param="model")
     kind = METHOD_KINDS[mtype]
-    train = _file(session, project, req.get("training_file"), "training_file", kind)
+    pending_ok = pipeline_id is None
+    train = _file(session, project, req.get("training_file"), "training_file", kind, pending_ok)
     valid = None
     if req.get("validation_file"):
-        valid = _file(session, project, req["validation_file"], "validation_file", kind)
+        valid = _file(session, project, req["validation_file"], "validation_file", kind, pending_ok)
     extra_files: dict[str, Any] = {}
     if mtype in ONLINE_RL:
         rm_id = extras.get("reward_model")
@@ -107,6 +111,16 @@ def create_job(session: Session, project: Project, req: dict[str, Any], *, pipel
     add_event(session, job.id, f"Validating training file: {train.id}")
     if valid is not None:
         add_event(session, job.id, f"Validating validation file: {valid.id}")
+    unsettled = [f for f in (train, valid) if f is not None and f.status != "processed"]
+    if unsettled:  # large uploads still validating on a worker (workers.files releases the job), or invalid
+        bad = next((f for f in unsettled if f.status == "error"), None)
+        if bad is not None:
+            param = "training_file" if bad is train else "validation_file"
+            finish(session, job, "failed", message=f"File validation failed: {bad.status_details}",
+                   error={"code": "invalid_file", "message": bad.status_details or "invalid file", "param": param})
+        else:
+            add_event(session, job.id, "Waiting for the file(s) to finish validating.")
+        return job
     # Files were validated and converted at upload; here they are checked to exist and fit the method.
     add_event(session, job.id, f"Files validated: {train.n_examples} training examples ({train.format})"
               + (f", {valid.n_examples} validation examples" if valid else ""),

@@ -73,6 +73,14 @@ class StoredFile(Base):
     storage_key: Mapped[str] = mapped_column(String(512))
     canonical_key: Mapped[str | None] = mapped_column(String(512), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # background validation (large uploads): "line N: message" when status is error; progress 0..1
+    status_details: Mapped[str | None] = mapped_column(Text, default=None)
+    progress: Mapped[float | None] = mapped_column(default=None)
+    forced_format: Mapped[str | None] = mapped_column(String(64), default=None)
+    max_length: Mapped[int | None] = mapped_column(Integer, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Model(Base):
@@ -234,3 +242,29 @@ class EvalOutputItem(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("run_id", "datasource_item_id", name="uq_eval_output_items_run_item"),)
+
+
+class Upload(Base):
+    """OpenAI's Uploads API: a file assembled from parts (pending -> completed | cancelled | expired)."""
+
+    __tablename__ = "uploads"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("upload_"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    mime_type: Mapped[str] = mapped_column(String(255), default="")
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    file_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class UploadPart(Base):
+    """One part of an upload, stored under uploads/<upload id>/<part id>."""
+
+    __tablename__ = "upload_parts"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("part_"))
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
