@@ -96,7 +96,7 @@ def run_online_job(ctx: JobContext, sink) -> None:
         s.expunge(rm)
     fn = {"ppo": run_ppo, "rloo": run_rloo, "grpo": run_grpo}[mtype]
     res = fn(cfg, _start_path(ctx), ctx.file_path(job.training_file), ctx.model_path(rm), ctx.output_dir, sink,
-             resume=True)
+             resume=True, valid_file=ctx.file_path(job.validation_file))
     _record_rl(ctx, res, "fine_tuned")
 
 

@@ -80,19 +80,26 @@ def _context(job_id: str) -> JobContext:
     return JobContext(job, storage, base, root, out, fine_tuned_name(job, root.id))
 
 
+# Leading columns of a job's metrics CSV (OpenAI's step/train_loss/valid_loss first); the rest follow.
+METRICS_CSV_COLUMNS = ("step", "train_loss", "valid_loss", "learning_rate", "tokens_per_second")
+
+
 def _metrics_csv(session, job: FineTuningJob) -> StoredFile | None:
     rows = [e.data for e in session.scalars(
         select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.type == "metrics").order_by(JobEvent.seq))]
     if not rows:
         return None
-    keys: list[str] = []
+    by_step: dict[int, dict] = {}  # one row per step (a final evaluation reports again at the last step)
     for r in rows:
-        keys += [k for k in r if k not in keys and not isinstance(r[k], (dict, list))]
+        by_step.setdefault(r.get("step", 0), {}).update(r)
+    keys = [k for k in METRICS_CSV_COLUMNS if any(k in r for r in by_step.values())]
+    for r in by_step.values():
+        keys += [k for k in r if k not in keys and k != "total_steps" and not isinstance(r[k], (dict, list))]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     w.writeheader()
-    for r in rows:
-        w.writerow(r)
+    for step in sorted(by_step):
+        w.writerow(by_step[step])
     data = buf.getvalue().encode()
     file_id = new_id("file-")
     key = f"files/{file_id}/raw"
@@ -161,7 +168,7 @@ def error_code(e: BaseException) -> str:
 
 
 def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[-1][:300]
+    return (str(e).strip().splitlines() or [""])[0][:300]
 
 
 def main(job_id: str, owner: str) -> int:

@@ -24,6 +24,7 @@ from ml.rl.preferences import PreferenceSplit, load_preferences
 from ml.rl.result import CHECKPOINTS, FINAL, RLResult
 from ml.rl.start import load_start_causal_lm, load_start_tokenizer, resolve_start, write_policy_adapter
 from ml.rl.trainer_args import trl_args
+from ml.train.callbacks import evaluate_final
 from ml.train.checkpoints import AtomicCheckpointMixin, clean_partial, complete_checkpoints, latest_checkpoint
 from ml.train.trainable import count_parameters, lora_config, save_trained
 
@@ -141,6 +142,7 @@ def run_dpo(
     )
     trainer.checkpoint_info = {"base_model": str(start.base), "method": "dpo"}
     trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
+    evaluate_final(trainer, callback)
 
     state = trainer.state
     common = {

@@ -31,6 +31,7 @@ from ml.rl.start import (
     write_policy_adapter,
 )
 from ml.rl.trainer_args import trl_args
+from ml.train.callbacks import evaluate_final
 from ml.train.checkpoints import AtomicCheckpointMixin, clean_partial, complete_checkpoints, latest_checkpoint
 from ml.train.trainable import count_parameters, lora_config, save_trained
 
@@ -89,6 +90,7 @@ def _run_online(
     output_dir: Path,
     sink: JobSink,
     resume: bool,
+    valid_file: Path | None = None,
 ) -> RLResult:
     from datasets import Dataset
 
@@ -97,6 +99,7 @@ def _run_online(
     start = resolve_start(base_model)
     tokenizer = load_start_tokenizer(start)
     prompts = read_prompts(prompts_file)
+    valid_prompts = read_prompts(valid_file) if valid_file else []
     reward_fn = TrlRewardFunc(as_reward_fn(reward), name="reward")
     sink.log(
         f"{method.upper()}: {len(prompts)} prompts, {cfg.num_generations} responses per prompt.",
@@ -120,6 +123,7 @@ def _run_online(
     config_cls, trainer_cls = (
         (trl.GRPOConfig, _GRPOTrainer) if method == "grpo" else (trl.RLOOConfig, _RLOOTrainer)
     )
+    # Validation prompts are only sampled and scored once, after training (mean reward and KL of the result).
     args = trl_args(config_cls, cfg, ckpt_dir, False, **_method_fields(cfg))
     callback = RLSinkCallback(sink, ONLINE_METRICS, n_examples=len(prompts))
     trainer = trainer_cls(
@@ -127,6 +131,9 @@ def _run_online(
         reward_funcs=reward_fn,
         args=args,
         train_dataset=Dataset.from_list([{"prompt": encode_prompt(p)} for p in prompts]),
+        eval_dataset=(
+            Dataset.from_list([{"prompt": encode_prompt(p)} for p in valid_prompts]) if valid_prompts else None
+        ),
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora) if cfg.adapter == "lora" else None,
         callbacks=[callback],
@@ -140,6 +147,7 @@ def _run_online(
     )
     trainer.checkpoint_info = {"base_model": str(start.base), "method": method}
     trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
+    evaluate_final(trainer, callback)
 
     state = trainer.state
     common = {
@@ -194,9 +202,12 @@ def run_rloo(
     output_dir: Path,
     sink: JobSink,
     resume: bool = True,
+    valid_file: Path | None = None,
 ) -> RLResult:
     """RLOO (trl RLOOTrainer) on prompts from a canonical file, rewarded by a reward-model folder or callable."""
-    return _run_online("rloo", cfg, base_model, prompts_file, reward, output_dir, sink, resume)
+    return _run_online(
+        "rloo", cfg, base_model, prompts_file, reward, output_dir, sink, resume, valid_file
+    )
 
 
 def run_grpo(
@@ -207,6 +218,9 @@ def run_grpo(
     output_dir: Path,
     sink: JobSink,
     resume: bool = True,
+    valid_file: Path | None = None,
 ) -> RLResult:
     """GRPO (trl GRPOTrainer) on prompts from a canonical file, rewarded by a reward-model folder or callable."""
-    return _run_online("grpo", cfg, base_model, prompts_file, reward, output_dir, sink, resume)
+    return _run_online(
+        "grpo", cfg, base_model, prompts_file, reward, output_dir, sink, resume, valid_file
+    )

@@ -147,6 +147,7 @@ def run_ppo(
     output_dir: Path,
     sink: JobSink,
     resume: bool = True,
+    valid_file: Path | None = None,
 ) -> RLResult:
     """Optimise `base_model` (a full model folder or an SFT LoRA output) with PPO against `reward`.
 
@@ -155,6 +156,8 @@ def run_ppo(
     prompts, preference or SFT file (ml.rl.prompts). output_dir gets checkpoints/checkpoint-N and, on
     success, model/: one PEFT adapter over the original base (an SFT adapter start is folded in).
     Status "paused" saves a checkpoint that resume=True continues from; "cancelled" saves nothing.
+    With `valid_file` (prompts), the result's metrics include valid_mean_reward and valid_kl of the
+    trained policy on those prompts.
     """
     base_model, output_dir = Path(base_model), Path(output_dir)
     ckpt_dir = output_dir / CHECKPOINTS
@@ -224,6 +227,11 @@ def run_ppo(
     if stopped in ("cancel", "pause"):
         return RLResult(status="cancelled" if stopped == "cancel" else "paused", model_dir=None, **common)
 
+    if valid_file is not None:
+        valid = evaluate_policy(model, tokenizer, read_prompts(valid_file), reward_fn, cfg)
+        if valid:
+            metrics.update(valid)
+            sink.metrics(step, valid, cfg.steps)
     meta = {
         "base_model": str(start.base),
         "started_from": str(base_model),
@@ -240,3 +248,18 @@ def run_ppo(
     )
     sink.log(f"Training finished: {step} steps. Saved the adapter to {final}.", data={"path": str(final)})
     return RLResult(status="succeeded", model_dir=final, **common)
+
+
+@torch.no_grad()
+def evaluate_policy(model: ActorCritic, tokenizer, prompts, reward_fn, cfg: PPOConfig) -> dict[str, float]:
+    """Mean reward and mean KL to the reference (summed over each response's tokens) of the policy's
+    sampled responses to `prompts`: the validation metrics of an online RL run."""
+    if not prompts:
+        return {}
+    torch.manual_seed(cfg.seed)  # the same samples for the same policy: comparable across runs
+    rewards, kls = [], []
+    for s in range(0, len(prompts), cfg.rollouts_per_step):
+        r = collect_rollouts(model, tokenizer, prompts[s : s + cfg.rollouts_per_step], reward_fn, cfg)
+        rewards.append(r.raw_scores.float().cpu())
+        kls.append(((r.logprobs - r.ref_logprobs) * r.response_mask).sum(dim=1).float().cpu())
+    return {"valid_mean_reward": float(torch.cat(rewards).mean()), "valid_kl": float(torch.cat(kls).mean())}

@@ -9,6 +9,7 @@ It knows nothing about jobs, databases or HTTP; see ml.train.launch for a comman
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import warnings
@@ -25,7 +26,7 @@ from ml.events import JobSink
 from ml.models import load_tokenizer
 from ml.records import DataError
 from ml.train.batches import PackedCollator, PaddedCollator, TokenizedSplit, tokenize_file
-from ml.train.callbacks import SinkCallback
+from ml.train.callbacks import SinkCallback, evaluate_final
 from ml.train.checkpoints import (
     COMPLETE_MARKER,
     AtomicCheckpointMixin,
@@ -272,8 +273,11 @@ def run_supervised(
     trainer.checkpoint_info = {"base_model": str(base_model), "config": resolved.to_dict()}
     trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
 
+    evaluate_final(trainer, callback)
     state = trainer.state
     metrics = {k: v for k, v in callback.last_metrics.items() if k in ("train_loss", "valid_loss")}
+    if "valid_loss" in metrics:  # perplexity of the validation file's assistant tokens
+        metrics["valid_perplexity"] = math.exp(min(metrics["valid_loss"], 50.0))
     common = {
         "adapter": resolved.adapter,
         "steps": state.global_step,
