@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from typing import Any, Self
 
@@ -36,6 +37,7 @@ from workers.capabilities import worker_id
 from workers.eval_sampling import SamplingParams, get_sampler
 
 log = logging.getLogger("chatforge.worker")
+SUMMARY_EVERY_S = 2.0  # how often a running run's counts are refreshed (progress is every batch)
 
 
 def load_items(project_id: str, data_source: dict[str, Any]) -> list[EvalItem]:
@@ -167,6 +169,7 @@ def _execute(run_id: str, settings: Settings, beat: _Heartbeat) -> str:
     sampler = get_sampler(settings, get_storage())
     params = SamplingParams.from_dict(ds.get("sampling_params"))
     batch_size = max(1, 2 * settings.serve_max_batch)
+    summarized = 0.0
     for start in range(0, len(pending), batch_size):
         if beat.lost.is_set():
             return "lease lost"
@@ -189,7 +192,8 @@ def _execute(run_id: str, settings: Settings, beat: _Heartbeat) -> str:
                                      results=results, status=_item_status(sample, results)))
             s.flush()
             run.completed_items = len(done) + start + len(batch)
-            run.summary = summarize(s, run, criteria)
+            if time.monotonic() - summarized >= SUMMARY_EVERY_S:  # re-reads every stored item: throttled
+                run.summary, summarized = summarize(s, run, criteria), time.monotonic()
     with session_scope() as s:
         run = s.get(EvalRun, run_id)
         if run is None:
