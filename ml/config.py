@@ -23,7 +23,7 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 # learning_rate_multiplier "auto" at batch size 4, per adapter, and its bounds. Calibrated with
 # bench/fact_sweep.py (docs/training-defaults.md): ~40 examples must be learned in ~30 steps.
-AUTO_LR_MULTIPLIER_AT_BATCH_4 = {"lora": 2.5, "qlora": 2.5, "full": 2.5}
+AUTO_LR_MULTIPLIER_AT_BATCH_4 = {"lora": 2.0, "qlora": 2.0, "full": 2.0}
 AUTO_LR_MULTIPLIER_RANGE = (1.0, 5.0)
 # Examples per forward pass are chosen so one micro-batch holds about this many tokens.
 MICRO_BATCH_TOKEN_BUDGET = 2048
@@ -197,8 +197,8 @@ class SupervisedConfig(_DictMixin):
     learning_rate: float | None = None
     """Peak learning rate. None: the adapter's base rate (LoRA 2e-4, full 2e-5) times the multiplier."""
     learning_rate_multiplier: float | Auto = AUTO
-    """Scales the base learning rate (ignored if learning_rate is set). "auto": 2.5 at batch size 4, growing
-    with sqrt(batch_size) within [1, 5] (LoRA: 5e-4 at batch 4), calibrated so small files are learned."""
+    """Scales the base learning rate (ignored if learning_rate is set). "auto": 2 at batch size 4, growing
+    with sqrt(batch_size) within [1, 5] (LoRA: 4e-4 at batch 4), calibrated so small files are learned."""
     lr_scheduler: Scheduler = "linear"
     """Decay after warmup: "linear" (OpenAI's), "cosine", "constant" or "constant_with_warmup"."""
     warmup_ratio: float = 0.03
