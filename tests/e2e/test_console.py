@@ -612,6 +612,51 @@ def test_job_page_evaluate_this_model_runs_an_eval_on_it(page, service, key, zep
     shot(page, "console-evals")
 
 
+def test_pairwise_run_shows_the_win_rate_and_both_answers(page, service, key, trained, tmp_path):
+    """A reward model (trained on the tiny model) judges the console's LoRA model against its base."""
+    fine_tuned = trained[2]["fine_tuned_model"]
+    with write_jsonl(tmp_path / "prefs.jsonl", preference_rows(16)).open("rb") as fh:
+        prefs = api(service, key, "POST", "/files", files={"file": fh}, data={"purpose": "fine-tune"})["id"]
+    job = api(service, key, "POST", "/fine_tuning/jobs", json={"model": "tiny-llama", "training_file": prefs, "method": {
+        "type": "reward_model", "reward_model": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}, "max_length": 64}}})
+    end = time.monotonic() + 300
+    while (job := _job_state(service, key, job["id"]))["status"] not in TERMINAL:
+        assert time.monotonic() < end, "the reward model job took too long"
+        time.sleep(1)
+    assert job["status"] == "succeeded", job["error"]
+    judge = job["fine_tuned_model"]
+    ev = api(service, key, "POST", "/evals", json={
+        "name": "lora vs base", "data_source_config": {"type": "custom", "item_schema": {
+            "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}},
+        "testing_criteria": [{"type": "reward_model", "name": "judge", "model": judge, "mode": "pairwise"}]})
+    run = api(service, key, "POST", f"/evals/{ev['id']}/runs", json={"name": "pairwise", "data_source": {
+        "type": "completions", "model": fine_tuned, "baseline_model": "tiny-llama",
+        "source": {"type": "file_content", "content": [{"item": {"n": i}} for i in range(8)]},
+        "input_messages": {"type": "template", "template": [
+            {"role": "user", "content": "Please greet guest number {{item.n}}."}]},
+        "sampling_params": {"temperature": 0, "max_completion_tokens": 8}}})
+    go(page, f"#/evals/{ev['id']}/runs/{run['id']}", "#run-status")
+    page.wait_for_selector("#run-status .status-completed", timeout=300_000)
+    [pw] = api(service, key, "GET", f"/evals/{ev['id']}/runs/{run['id']}")["pairwise"]
+    page.wait_for_selector("#run-pairwise .win-rate")
+    box = page.inner_text("#run-pairwise")
+    assert f"Win rate: {fine_tuned} vs tiny-llama" in box and f"reward model {judge}" in box
+    shown = re.search(r"([\d.]+)% \(95% CI ([\d.]+)%–([\d.]+)%; (\d+) wins, (\d+) ties, (\d+) losses\)", box)
+    assert shown, box
+    rate, low, high = (float(x) / 100 for x in shown.groups()[:3])
+    assert abs(rate - pw["win_rate"]) < 0.001 and abs(low - pw["ci_low"]) < 0.001 and abs(high - pw["ci_high"]) < 0.001
+    assert [int(x) for x in shown.groups()[3:]] == [pw["wins"], pw["ties"], pw["losses"]]
+    heads = page.locator("#run-items thead th").all_inner_texts()
+    assert f"OUTPUT: {fine_tuned}".upper() in heads and "OUTPUT: TINY-LLAMA" in heads
+    items = _items(service, key, ev["id"], run["id"])
+    outcomes = [next(r for r in o["results"] if r["name"] == "judge")["outcome"] for o in items]
+    grades = page.locator("#run-items tbody tr td:nth-child(6)").all_inner_texts()
+    assert [g.split()[2] for g in grades] == outcomes  # "✓ judge win (0.12 vs -0.3)"
+    go(page, f"#/evals?eval={ev['id']}", f"#eval-{ev['id']} tbody tr")
+    listed = page.locator(f"#eval-{ev['id']} .win-rate").inner_text()
+    assert abs(float(re.match(r"([\d.]+)%", listed).group(1)) / 100 - pw["win_rate"]) < 0.001, listed
+
+
 def test_models_page_deletes_a_fine_tuned_model(page, service, key, trained):
     fine_tuned = trained[2]["fine_tuned_model"]
     go(page, "#/models", "#fine-tuned-models table")

@@ -135,7 +135,7 @@ async function renderList(root, params) {
     const runs = await Promise.all(evals.map((e) => api(`/evals/${e.id}/runs?limit=100&order=desc`).then((r) => r.data)));
     if (stopped) return false;
     if (!evals.length) {
-      clear(listBox, h("p", { class: "muted" }, "No evals yet: create one from a file above, or with the openai SDK's ",
+      clear(listBox, h("p", { class: "muted" }, "No evals yet: create one from a file below, or with the openai SDK's ",
         h("code", {}, "client.evals.create"), "."));
       return false;
     }
