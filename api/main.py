@@ -57,7 +57,8 @@ def _include_optional(app: FastAPI) -> None:
     """Routers of later capabilities; each module exposes `router`."""
     import importlib
 
-    for name in ("files", "uploads", "fine_tuning", "pipelines", "chat", "rewards", "evals", "console"):
+    for name in ("files", "uploads", "fine_tuning", "pipelines", "chat", "responses", "rewards", "evals",
+                 "console"):
         try:
             mod = importlib.import_module(f"api.routes.{name}")
         except ModuleNotFoundError as e:

@@ -268,3 +268,23 @@ class UploadPart(Base):
     upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), index=True)
     bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StoredResponse(Base):
+    """A Responses API response (`/v1/responses`) kept for retrieval and `previous_response_id`:
+    `context` is everything the model saw before its output (earlier turns + this request's input)."""
+
+    __tablename__ = "responses"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("resp_"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))  # completed|incomplete|failed
+    previous_response_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    instructions: Mapped[str | None] = mapped_column(Text, default=None)
+    input_items: Mapped[list[Any]] = mapped_column(default=list)  # this request's input, with ids
+    context: Mapped[list[Any]] = mapped_column(default=list)  # earlier turns' items + input_items
+    output: Mapped[list[Any]] = mapped_column(default=list)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    body: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the response object as answered
+    store: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
