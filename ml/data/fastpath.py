@@ -53,6 +53,32 @@ def decode_plain_chat(raw: bytes) -> _Chat | None:
     return rec
 
 
+_PLAIN_ROLES = frozenset(("system", "user", "assistant"))
+
+
+def plain_chat_from_dict(value: dict) -> _Chat | None:
+    """decode_plain_chat for an already parsed record (JSON arrays, rows, lines orjson parsed).
+    Keys must come in the canonical order (role, content) so the canonical bytes hash alike."""
+    if len(value) != 1:
+        return None
+    msgs = value.get("messages")
+    if type(msgs) is not list or not msgs:
+        return None
+    out = []
+    for m in msgs:
+        if type(m) is not dict or len(m) != 2:
+            return None
+        role, content = m.get("role"), m.get("content")
+        if type(role) is not str or role not in _PLAIN_ROLES or type(content) is not str or not content.strip():
+            return None
+        if next(iter(m)) != "role":
+            return None
+        out.append(_Msg(role, content))
+    if out[-1].role != "assistant":
+        return None
+    return _Chat(out)
+
+
 # -- chat templates ------------------------------------------------------------------------------------
 
 _PROBE_TEXTS = ("Hi", "  two\n\nlines  ", "{{ braces }} {% raw %}", "ünï 中文 🙂", "\n", "x" * 50)
@@ -199,8 +225,11 @@ class PieceCounter:
             if len(first) + len(spaced) > CACHE_LIMIT:
                 first.clear()
                 spaced.clear()
-            new_first = list({w[0] for _, w in pending if w[0] not in first})
-            new_spaced = list({x for _, w in pending for x in w[1:] if x not in spaced})
+            new_first = list({w[0] for _, w in pending}.difference(first.keys()))
+            new_spaced = set()
+            for _, w in pending:
+                new_spaced.update(w[1:])
+            new_spaced = list(new_spaced.difference(spaced.keys()))
             got = self._exact(new_first + [" " + x for x in new_spaced])
             first.update(zip(new_first, got))
             spaced.update(zip(new_spaced, got[len(new_first):]))

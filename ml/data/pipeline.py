@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ml.data.fastpath import decode_plain_chat, encode
+from ml.data.fastpath import decode_plain_chat, encode, plain_chat_from_dict
 from ml.data.formats import (
     FORMATS,
     ConvertContext,
@@ -161,6 +161,10 @@ class _Pass:
                 if item.fatal:
                     break
                 continue
+            if fast and type(item.value) is dict:
+                rec = plain_chat_from_dict(item.value)
+                if rec is not None and self._plain(rec, item, out):
+                    continue
             self.n_records += 1
             self._record(item, out)
 
@@ -172,7 +176,7 @@ class _Pass:
         data = encode(rec)
         self.n_records += 1
         self.n_plain += 1
-        self.dups.add(data, item.line, None)
+        self.dups.add(data, item.line, item.record)
         if out is not None:
             out.write(data + b"\n")
         self.n_examples += 1

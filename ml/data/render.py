@@ -8,10 +8,21 @@ How: the full conversation is rendered to text once; each assistant turn's text 
 rendering the prefix before it (with the generation prompt) and the prefix through it, and the text is
 cut at every assistant span. Each piece is tokenised on its own, so token boundaries always fall on span
 boundaries (exact labels), and a serving prompt -- cut the same way -- is an exact token prefix.
+
+Tools: a chat template that renders tools itself (it mentions `tools`) gets them as they are. Any other
+template (SmolLM2's ChatML has no tools section) gets the ChatForge tool format, applied to the messages
+before the template sees them (apply_tool_format), identically for training and serving:
+- the tools are listed as JSON, one per line, in a block appended to the system message (a system message
+  is added when the chat has none);
+- an assistant turn's calls are its text: its content (if any), a newline, then one block per call,
+  `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`, blocks separated by a newline;
+- `tool` messages keep their role and content.
+ml.serve.tools parses generated text back into calls with the same constants.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +32,18 @@ from jinja2 import TemplateError
 from ml.records import Conversation, Message, PreferenceExample
 
 IGNORE_INDEX = -100
+
+TOOL_CALL_OPEN = "<tool_call>\n"
+TOOL_CALL_CLOSE = "\n</tool_call>"
+TOOL_CALL_SEPARATOR = "\n"
+TOOLS_PROMPT = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query. The available "
+    "functions are listed below, one JSON object per line:\n<tools>\n{tools}\n</tools>\n\n"
+    "To call functions, reply with one block per call:\n"
+    + TOOL_CALL_OPEN
+    + '{{"name": <function-name>, "arguments": <arguments-json-object>}}'
+    + TOOL_CALL_CLOSE
+)
 
 
 @dataclass
@@ -65,6 +88,70 @@ def _template_dicts(messages: Iterable[Message | dict[str, Any]]) -> list[dict[s
     return out
 
 
+def template_renders_tools(tokenizer) -> bool:
+    """Whether the tokenizer's own chat template renders `tools` (else the ChatForge format is used)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("tool_use") or template.get("default")
+    return isinstance(template, str) and "tools" in template
+
+
+def tool_call_text(name: str, arguments: str | dict[str, Any]) -> str:
+    """One call in the ChatForge format. `arguments` is a JSON string (OpenAI's wire form) or a dict;
+    a string that parses is re-serialised so training text is always canonical JSON."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except ValueError:
+            pass
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+    return f'{TOOL_CALL_OPEN}{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": {args}}}{TOOL_CALL_CLOSE}'
+
+
+def assistant_tool_text(content: str | None, tool_calls: list[dict[str, Any]]) -> str:
+    """An assistant turn with tool calls as the text the model learns and generates."""
+    blocks = TOOL_CALL_SEPARATOR.join(
+        tool_call_text(c["function"]["name"], c["function"].get("arguments") or "{}") for c in tool_calls
+    )
+    return f"{content}\n{blocks}" if content else blocks
+
+
+def tools_prompt(tools: list[dict[str, Any]]) -> str:
+    return TOOLS_PROMPT.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
+
+
+def apply_tool_format(
+    tokenizer, dicts: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, int]:
+    """(messages, tools, added) for the template: unchanged when the template renders tools itself or
+    the chat has no tools and no tool calls; otherwise the ChatForge tool format (module docstring).
+    `added` is 1 when a system message was inserted at the front, else 0."""
+    has_calls = any(d.get("tool_calls") for d in dicts)
+    if template_renders_tools(tokenizer) or not (tools or has_calls):
+        return dicts, tools, 0
+    out = []
+    for d in dicts:
+        d = dict(d)
+        if d.get("role") == "assistant" and d.get("tool_calls"):
+            d["content"] = assistant_tool_text(d.get("content"), d.pop("tool_calls"))
+        elif d.get("role") == "tool":
+            d.pop("tool_call_id", None)
+            d.pop("name", None)
+        if d.get("content") is None:
+            d["content"] = ""
+        out.append(d)
+    added = 0
+    if tools:
+        block = tools_prompt(tools)
+        if out and out[0].get("role") == "system":
+            first = out[0]["content"]
+            out[0]["content"] = f"{first}\n\n{block}" if first else block
+        else:
+            out.insert(0, {"role": "system", "content": block})
+            added = 1
+    return out, None, added
+
+
 def _render_text(tokenizer, messages: list[dict[str, Any]], tools, add_generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(
         messages, tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
@@ -79,14 +166,15 @@ def _is_learned(m: Message | dict[str, Any]) -> bool:
 
 
 def _assistant_spans(
-    tokenizer, messages: Sequence[Message | dict[str, Any]], tools, text: str
+    tokenizer, messages: Sequence[Message | dict[str, Any]], tools, text: str, dicts=None, added: int = 0
 ) -> list[_Span]:
     """Character spans of every assistant turn in `text`: its content plus the end-of-turn marker.
 
     Trailing whitespace after the end-of-turn marker (ChatML's newline) is left out: generation stops
     at the marker, so the model never produces it.
     """
-    dicts = _template_dicts(messages)
+    if dicts is None:
+        dicts = _template_dicts(messages)
     spans: list[_Span] = []
     cursor = 0
     for i, m in enumerate(dicts):
@@ -98,7 +186,7 @@ def _assistant_spans(
         if span is None:
             continue  # the template dropped this turn (e.g. reasoning stripped); nothing to learn
         start, end = span
-        spans.append(_Span(start, end, _is_learned(messages[i])))
+        spans.append(_Span(start, end, _is_learned(messages[i - added])))
         cursor = end
     return spans
 
@@ -165,9 +253,9 @@ def render_conversation(tokenizer, conv: Conversation, max_length: int | None = 
     A learned turn (assistant, weight None or > 0) contributes its content and its end-of-turn token
     (<|im_end|> in ChatML). max_length truncates from the end (the prompt side is kept).
     """
-    dicts = _template_dicts(conv.messages)
-    text = _render_text(tokenizer, dicts, conv.tools, add_generation_prompt=False)
-    pieces = _cut(text, _assistant_spans(tokenizer, conv.messages, conv.tools, text))
+    dicts, tools, added = apply_tool_format(tokenizer, _template_dicts(conv.messages), conv.tools)
+    text = _render_text(tokenizer, dicts, tools, add_generation_prompt=False)
+    pieces = _cut(text, _assistant_spans(tokenizer, conv.messages, tools, text, dicts, added))
     input_ids: list[int] = []
     labels: list[int] = []
     segments: list[tuple[str, bool]] = []
@@ -197,9 +285,9 @@ def render_prompt(
     `messages` may be canonical Messages or OpenAI-style dicts. render_prompt(conv[:-1]) is a token
     prefix of render_conversation(conv).input_ids whenever conv ends with an assistant turn.
     """
-    dicts = _template_dicts(messages)
+    dicts, tools, added = apply_tool_format(tokenizer, _template_dicts(messages), tools)
     text = _render_text(tokenizer, dicts, tools, add_generation_prompt=add_generation_prompt)
-    pieces = _cut(text, _assistant_spans(tokenizer, messages, tools, text))
+    pieces = _cut(text, _assistant_spans(tokenizer, messages, tools, text, dicts, added))
     return [t for ids in _tokenize_pieces(tokenizer, pieces) for t in ids]
 
 

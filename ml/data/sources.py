@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b"
 ROW_CONTAINERS = ("parquet", "arrow")  # problems there say "row N"
-PROGRESS_EVERY = 4096  # items between progress callbacks
+PROGRESS_EVERY = 1024  # items between progress callbacks
 HEAD_BYTES = 64 * 1024
 _STREAM_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
 

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from ml.data import inspect_file, inspect_rows
+from ml.data import inspect_file, inspect_rows, pipeline, stats
 from ml.data.fastpath import ChatMLRenderer, PieceCounter, decode_plain_chat
 from ml.data.stats import render_texts
 from ml.records import Conversation, Message, read_canonical
@@ -28,7 +28,7 @@ def _rows(name, n=None):
     return rows[:n] if n else rows
 
 
-def test_fast_path_matches_the_full_converter(tmp_path, tok):
+def test_fast_path_matches_the_full_converter(tmp_path, tok, monkeypatch):
     rows = _rows("openai_chat_gsm8k_train.jsonl", 200)
     rows[5] = rows[4]  # a duplicate
     rows[7]["messages"][0]["content"] = "   "  # empty user turn: a warning, taken by the full path
@@ -36,7 +36,14 @@ def test_fast_path_matches_the_full_converter(tmp_path, tok):
     p = tmp_path / "a.jsonl"
     p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     fast = inspect_file(p, out_path=tmp_path / "fast.jsonl", tokenizer=tok)
-    slow = inspect_rows(rows, out_path=tmp_path / "slow.jsonl", tokenizer=tok)  # rows never take the fast path
+    fast_rows = inspect_rows(rows, tokenizer=tok)  # parsed dicts: plain_chat_from_dict
+    monkeypatch.setattr(pipeline, "decode_plain_chat", lambda raw: None)
+    monkeypatch.setattr(pipeline, "plain_chat_from_dict", lambda value: None)
+    monkeypatch.setattr(stats, "ChatMLRenderer", type("NoRenderer", (), {"for_tokenizer": staticmethod(lambda t: None)}))
+    monkeypatch.setattr(stats, "PieceCounter", type("NoCounter", (), {"for_tokenizer": staticmethod(lambda t: None)}))
+    slow = inspect_rows(rows, out_path=tmp_path / "slow.jsonl", tokenizer=tok)  # the full converter and Jinja
+    assert fast_rows.token_stats == slow.token_stats and fast_rows.duplicates == slow.duplicates
+    assert [str(w) for w in fast_rows.warnings] == [str(w) for w in slow.warnings]
     assert fast.ok and slow.ok and fast.format == slow.format == "openai_chat"
     assert (fast.n_examples, fast.duplicates, fast.n_warnings) == (slow.n_examples, slow.duplicates, slow.n_warnings)
     assert fast.token_stats == slow.token_stats
