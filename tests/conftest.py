@@ -36,6 +36,7 @@ def redis_url():
 
 
 FAST_JOBS = {"CHATFORGE_JOB_LEASE_SECONDS": "8", "CHATFORGE_RECONCILE_INTERVAL_SECONDS": "2",
+             "CHATFORGE_FILE_VALIDATION_LEASE_SECONDS": "10",
              # DeepSpeed JIT-compiles its CPU ops once (30-40 s); keep them between test runs
              "TORCH_EXTENSIONS_DIR": str(CACHE / "torch_extensions")}
 
