@@ -536,6 +536,17 @@ def test_evals_page_shows_a_run_made_through_the_api(page, service, key, api_eva
     page.select_option("#items-filter", "all")
     assert page.locator("#run-items tbody tr").count() == 6
 
+    # the same items again on another model, from the run's page
+    page.select_option("#rerun-model", SMOLLM2)
+    page.click("#rerun-form button[type=submit]")
+    page.wait_for_url(re.compile(rf"#/evals/{ev['id']}/runs/(?!{run['id']})[\w-]+$"))
+    again = api(service, key, "GET", f"/evals/{ev['id']}/runs/{page.url.rsplit('/', 1)[1]}")
+    assert again["model"] == SMOLLM2 and again["data_source"]["source"] == run["data_source"]["source"]
+    assert again["data_source"]["sampling_params"] == run["data_source"]["sampling_params"]
+    page.wait_for_selector("#run-status .status-completed", timeout=120_000)
+    page.wait_for_selector("#run-items tbody tr:nth-child(6)")
+    assert _stats(page, "#run-summary")["PASSED"] == "4"  # the flag criterion does not depend on the model
+
 
 def test_new_eval_from_a_file_runs_smollm2_and_follows_its_progress(page, service, key, tmp_path):
     """The page's own form: upload items, fields inferred from the first item, a run on SmolLM2."""

@@ -335,10 +335,11 @@ async function renderRun(root, evalId, runId) {
     }
   } }, "Cancel run");
   const actionStatus = h("div", { "aria-live": "polite" });
+  const again = run.data_source && run.data_source.type === "completions" ? rerunForm(run, await chatModels(), actionStatus) : null;
   root.append(title,
     h("p", {}, h("a", { href: `#/evals?eval=${encodeURIComponent(evalId)}` }, `← ${ev.name || ev.id}`)),
     h("div", { class: "columns" },
-      h("section", { class: "card" }, meta, h("div", { class: "row" }, cancel), actionStatus),
+      h("section", { class: "card" }, meta, h("div", { class: "row" }, cancel), again, actionStatus),
       h("section", { class: "card" }, h("h2", {}, "Results"), summary, pairBox)),
     h("section", { class: "card" }, h("h2", {}, "Per criterion"), criteriaBox),
     h("section", { class: "card", "aria-labelledby": "items-title" },
@@ -412,6 +413,28 @@ async function renderRun(root, evalId, runId) {
   draw();
   await tick();
   return () => { stopped = true; clearTimeout(timer); };
+}
+
+/** "Run these items with another model": a new run with this run's data source, sampling and template. */
+function rerunForm(run, models, status) {
+  const select = modelSelect("rerun-model", models, models.some((m) => m.id !== run.model)
+    ? models.find((m) => m.id !== run.model).id : run.model);
+  const button = h("button", { type: "submit", class: "small" }, "Run");
+  const form = h("form", { class: "row rerun", id: "rerun-form" },
+    h("label", { for: select.id }, "Run these items with"), select, button);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    button.disabled = true;
+    try {
+      const body = { name: select.value, data_source: { ...run.data_source, model: select.value } };
+      const next = await api(`/evals/${run.eval_id}/runs`, { method: "POST", body });
+      location.hash = runHref(next);
+    } catch (err) {
+      button.disabled = false;
+      clear(status, notice("error", err.message));
+    }
+  });
+  return form;
 }
 
 function item(label, value) {
