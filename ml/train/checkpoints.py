@@ -47,15 +47,14 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def resumed_setting(output_dir: str | Path, name: str, default: Any) -> Any:
-    """`name` as resolved when the run first started (the config recorded in its newest complete
-    checkpoint), or `default` when there is none. Host-dependent "auto" values (bf16) use it so that a
-    run resumed on another kind of machine continues with the settings it was started with."""
+def first_start_config(output_dir: str | Path) -> dict[str, Any] | None:
+    """The resolved config recorded in the newest complete checkpoint (what the run's first start chose
+    for every "auto"), or None when there is no checkpoint. A resume reuses those choices, so a run
+    resumed on another kind of host (bf16) or after an upgrade of the "auto" rules continues unchanged."""
     found = latest_checkpoint(output_dir)
     if found is None:
-        return default
-    info = json.loads((found / COMPLETE_MARKER).read_text())
-    return (info.get("config") or {}).get(name, default)
+        return None
+    return json.loads((found / COMPLETE_MARKER).read_text()).get("config")
 
 
 def _fsync_tree(path: Path) -> None:

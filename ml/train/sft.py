@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -32,8 +32,8 @@ from ml.train.checkpoints import (
     AtomicCheckpointMixin,
     clean_partial,
     complete_checkpoints,
+    first_start_config,
     latest_checkpoint,
-    resumed_setting,
 )
 from ml.train.distributed import deepspeed_config, ensure_single_process_env, world_size
 from ml.train.loss import learned_only_loss, supports_learned_only_loss
@@ -223,9 +223,12 @@ def run_supervised(
     if valid is not None and len(valid) == 0:
         valid = None
 
-    # "auto" precision is resolved once, at the first start; a resume on another kind of host reuses it.
-    bf16_ok = resumed_setting(ckpt_dir, "bf16", bf16_supported()) if resume else bf16_supported()
-    resolved = resolve_auto(cfg, len(train), train.n_tokens, world_size(), bf16_ok)
+    resolved = resolve_auto(cfg, len(train), train.n_tokens, world_size(), bf16_supported())
+    # "auto" is resolved once, at the first start: a resume (maybe on another kind of host) reuses it.
+    first = first_start_config(ckpt_dir) if resume else None
+    if first:
+        chosen = {k: first[k] for k, v in cfg.to_dict().items() if v == "auto" and k in first}
+        resolved = replace(resolved, **chosen)
     torch.manual_seed(resolved.seed)  # adapter initialisation is part of the run's identity
 
     if _is_main():
