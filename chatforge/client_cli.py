@@ -154,13 +154,61 @@ def split_problems(message: str) -> list[str]:
     return re.split(r"; (?=(?:line|record) \d|\.\.\. and )", message)
 
 
+CHUNKED_FROM_MB = 64  # larger files go through /v1/uploads in parts
+
+
+def upload_in_parts(srv: Server, path: str, part_mb: int, out: TextIO = sys.stderr):
+    """OpenAI's Uploads API: parts of part_mb MB with a progress bar; the File object at the end."""
+    from tqdm import tqdm
+
+    size = os.path.getsize(path)
+    part_size = part_mb * 1024 * 1024
+    up = srv.openai.uploads.create(bytes=size, filename=os.path.basename(path), purpose="fine-tune",
+                                   mime_type="application/octet-stream")
+    ids = []
+    try:
+        with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, file=out,
+                                          desc=f"uploading {os.path.basename(path)}") as bar:
+            while chunk := fh.read(part_size):
+                ids.append(srv.openai.uploads.parts.create(upload_id=up.id, data=chunk).id)
+                bar.update(len(chunk))
+        done = srv.openai.uploads.complete(upload_id=up.id, part_ids=ids)
+    except KeyboardInterrupt:
+        srv.openai.uploads.cancel(upload_id=up.id)
+        raise
+    except _openai_errors():
+        try:
+            srv.openai.uploads.cancel(upload_id=up.id)
+        except _openai_errors():
+            pass
+        raise
+    return done.file
+
+
+def wait_processed(srv: Server, file_id: str, out: TextIO = sys.stderr, poll_s: float = 1.0) -> dict:
+    """Poll a file validated on a worker until it is processed or in error, showing its progress."""
+    while True:
+        f = srv.request("GET", f"/files/{file_id}")
+        if f["status"] != "uploaded":
+            if out.isatty():
+                out.write("\r\033[K")
+            return f
+        if out.isatty():
+            out.write(f"\r\033[Kvalidating {file_id}: {100 * (f.get('progress') or 0):.0f}%")
+            out.flush()
+        time.sleep(poll_s)
+
+
 def cmd_files(args) -> int:
     srv = _server(args)
     if args.files_cmd == "upload":
         extra = {k: v for k, v in (("format", args.format), ("max_length", args.max_length)) if v is not None}
         try:
-            with open(args.path, "rb") as fh:
-                f = srv.openai.files.create(file=fh, purpose="fine-tune", extra_body=extra or None)
+            if os.path.getsize(args.path) >= CHUNKED_FROM_MB * 1024 * 1024 and not extra:
+                f = upload_in_parts(srv, args.path, args.part_size).model_dump()
+            else:
+                with open(args.path, "rb") as fh:
+                    f = srv.openai.files.create(file=fh, purpose="fine-tune", extra_body=extra or None).model_dump()
         except FileNotFoundError:
             raise ClientError(f"no such file: {args.path}") from None
         except _openai_errors() as e:
@@ -169,7 +217,17 @@ def cmd_files(args) -> int:
             for line in lines:
                 print(f"  {line}", file=sys.stderr)
             return 1
-        print_report(f.model_dump())
+        if f["status"] == "uploaded":
+            if args.no_wait:
+                print(f"{f['id']}: stored; validating on a worker (chatforge files list shows its status)")
+                return 0
+            f = wait_processed(srv, f["id"])
+        if f["status"] == "error":
+            print(f"error: the file was not accepted ({f['id']}):", file=sys.stderr)
+            for line in split_problems(f.get("status_details") or ""):
+                print(f"  {line}", file=sys.stderr)
+            return 1
+        print_report(f)
     elif args.files_cmd == "list":
         for f in srv.openai.files.list().data:
             d = f.model_dump()
@@ -428,6 +486,9 @@ def add_client_commands(sub) -> None:
     fu.add_argument("path")
     fu.add_argument("--format", help="force a format instead of detecting it")
     fu.add_argument("--max-length", type=int, help="length for the over-length share (default 2048)")
+    fu.add_argument("--part-size", type=int, default=64, metavar="MB",
+                    help=f"files of {CHUNKED_FROM_MB} MB or more go up in parts of this size (default %(default)s)")
+    fu.add_argument("--no-wait", action="store_true", help="do not wait for a large file's background validation")
     fs.add_parser("list", parents=[conn], help="list the project's files")
     fp.set_defaults(fn=_run(cmd_files))
 

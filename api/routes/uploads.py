@@ -56,6 +56,7 @@ def _owned(session: Session, storage: Storage, project: Project, upload_id: str)
     if u.status == "pending" and u.expires_at < utcnow():  # expired on access
         u.status = "expired"
         _drop_parts(session, storage, u)
+        session.commit()  # kept even when this request then fails (an expired upload accepts nothing)
     return u
 
 
