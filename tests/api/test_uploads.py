@@ -1,7 +1,9 @@
 """OpenAI's Uploads API through the official SDK (upload_file_chunked, cancel), and Parquet uploads that
 train. Real API server, PostgreSQL, Redis and Celery worker."""
 
+import io
 import json
+import time
 
 import httpx2 as httpx
 import openai
@@ -78,3 +80,43 @@ def test_parquet_of_a_real_sample_trains(client_a, service, key_a, tmp_path):
                    files={"file": ("bad.parquet", (tmp_path / "bad.parquet").read_bytes())},
                    data={"purpose": "fine-tune"})
     assert r.status_code == 400 and "row 21" in r.json()["error"]["message"]
+
+
+def test_cli_uploads_big_files_in_parts(service, key_a, tmp_path):
+    from chatforge.client_cli import Server, print_report, upload_in_parts
+
+    rows = sft_rows(24)
+    for r in rows:  # about 2.5 MB: three parts of 1 MB
+        r["messages"][1]["content"] += " " + "filler text " * 9000
+    path = write_jsonl(tmp_path / "big.jsonl", rows)
+    srv = Server(service.base_url, key_a)
+    bar = io.StringIO()
+    f = upload_in_parts(srv, str(path), 1, out=bar)
+    assert f.status == "processed" and f.bytes == path.stat().st_size
+    assert "100%" in bar.getvalue()
+    out = io.StringIO()
+    print_report(f.model_dump(), out)
+    assert "24" in out.getvalue()
+
+
+def test_expired_upload_loses_its_parts(client_a, service):
+    up = client_a.uploads.create(bytes=100, filename="e.jsonl", mime_type="application/jsonl", purpose="fine-tune")
+    client_a.uploads.parts.create(upload_id=up.id, data=b"x" * 40)
+    parts_dir = service.data_dir / "storage" / "uploads" / up.id
+    assert parts_dir.exists()
+    engine = create_engine(service.env["CHATFORGE_DATABASE_URL"])
+    try:
+        with engine.begin() as c:  # as if its hour had passed
+            c.execute(text("UPDATE uploads SET expires_at = now() - interval '1 minute' WHERE id = :u"), {"u": up.id})
+        end = time.monotonic() + 120
+        while parts_dir.exists():  # the worker's janitor expires it
+            assert time.monotonic() < end, "the expired upload's parts are still stored"
+            time.sleep(0.3)
+        with engine.connect() as c:
+            status = c.execute(text("SELECT status FROM uploads WHERE id = :u"), {"u": up.id}).scalar()
+            n = c.execute(text("SELECT count(*) FROM upload_parts WHERE upload_id = :u"), {"u": up.id}).scalar()
+    finally:
+        engine.dispose()
+    assert status == "expired" and n == 0
+    with pytest.raises(openai.BadRequestError):
+        client_a.uploads.parts.create(upload_id=up.id, data=b"late")
