@@ -148,16 +148,25 @@ CACHE_LIMIT = 500_000  # distinct words remembered (a few tens of MB at most)
 # split (only a leading space or whitespace runs hold spaces), so "word" pieces cut there are tokenised
 # alone exactly as in the whole text. Segments with other whitespace around a space are encoded whole.
 _IRREGULAR = re.compile(r"\s(?= )|(?<= )\s|^ | $")
-_ASCII_IRREGULAR = re.compile(r"  | [\t\n\r\x0b\x0c]|[\t\n\r\x0b\x0c] ").search
 
 
 def _irregular(seg: str) -> bool:
     """True when a space in seg touches other whitespace or an end (then words are not pre-tokens)."""
-    if seg[0] == " " or seg[-1] == " ":
+    if seg[0] == " " or seg[-1] == " " or "  " in seg or " \n" in seg or "\n " in seg:
         return True
-    if seg.isascii():
-        return _ASCII_IRREGULAR(seg) is not None
+    if seg.isascii():  # substring tests run at memory speed; a regex here costs as much as the counting
+        return (" \t" in seg or "\t " in seg or " \r" in seg or "\r " in seg or " \x0b" in seg or "\x0b " in seg
+                or " \x0c" in seg or "\x0c " in seg)
     return _IRREGULAR.search(seg) is not None
+
+
+def _maybe_irregular(text: str) -> bool:
+    """False only when no segment of text can be irregular (a conservative test of the whole text: a
+    space next to "<" or ">" may touch an added token, which cuts a segment there)."""
+    if not text.isascii():
+        return True
+    return (text[0] == " " or text[-1] == " " or "\t" in text or "\r" in text or "\x0b" in text or "\x0c" in text
+            or "  " in text or " \n" in text or "\n " in text or "> " in text or " <" in text)
 
 
 class PieceCounter:
@@ -209,10 +218,11 @@ class PieceCounter:
         for i, text in enumerate(texts):
             parts = split(text)
             n = len(parts) // 2  # every odd part is an added token: one token each
+            check = bool(text) and _maybe_irregular(text)
             for seg in parts[::2]:
                 if not seg:
                     continue
-                if irregular(seg):
+                if check and irregular(seg):
                     whole.append((i, seg))
                     continue
                 words = seg.split(" ")

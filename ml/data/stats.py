@@ -135,7 +135,8 @@ class TokenCounter:
         """Queue one example; returns an error message when the chat template cannot render it."""
         texts = fast_texts(self.renderer, rec) if self.renderer is not None else None
         if texts is not None:
-            self._check_render(rec, texts)
+            if self._checking():
+                self._check_render(rec, texts)
             self.dropped_tool_calls = False
             self._queue(texts)
             return None
@@ -159,7 +160,8 @@ class TokenCounter:
                 return f"the base model's chat template cannot render this example ({e})"
         else:
             texts = [self.renderer.render(msgs)]
-            self._check_render(Conversation(tuple(Message(m.role, m.content) for m in msgs)), texts)
+            if self._checking():
+                self._check_render(Conversation(tuple(Message(m.role, m.content) for m in msgs)), texts)
             text = texts[0]
         self.dropped_tool_calls = False
         self._texts.append(text)
@@ -168,12 +170,14 @@ class TokenCounter:
             self.flush()
         return None
 
-    def _check_render(self, rec: Record, texts: list[str]) -> None:
-        """Compare the string renderer with Jinja on a sample of real examples; any difference turns it off."""
+    def _checking(self) -> bool:
+        """Whether this example is one of the sample the string renderer is checked on (counts it)."""
         n = self.n_rendered
         self.n_rendered += 1
-        if n >= self.RENDER_CHECK_FIRST and n % self.RENDER_CHECK_EVERY:
-            return
+        return n < self.RENDER_CHECK_FIRST or n % self.RENDER_CHECK_EVERY == 0
+
+    def _check_render(self, rec: Record, texts: list[str]) -> None:
+        """Compare the string renderer with Jinja on a sample of real examples; any difference turns it off."""
         if render_texts(self.tokenizer, rec) != texts:
             log.warning("the string chat-template renderer differs from Jinja; rendering with Jinja")
             self.renderer = None
