@@ -2,9 +2,11 @@
 and deleting the parts of abandoned chunked uploads.
 
 validate_file is safe to deliver twice: it claims the file with one conditional UPDATE (status
-"uploaded" and no live lease) and renews the lease while it reads. If its worker dies, the lease
-lapses and the janitor of any live worker sends the file again; after max_job_attempts such crashes
-the file becomes "error". A file ends "processed" (canonical JSONL stored) or "error" with
+"uploaded" and no live lease) and renews the lease while it reads. A worker busy training (its pool
+runs one task at a time) still validates files: its janitor thread claims any file left unclaimed for
+a few seconds and validates it beside the training child. If a worker dies mid-file, the lease lapses
+and another worker's janitor claims the file again; after max_job_attempts such crashes the file
+becomes "error". A file ends "processed" (canonical JSONL stored) or "error" with
 status_details naming the line and field; jobs created on it meanwhile (status validating_files)
 are then queued, or failed with that message.
 """
@@ -25,7 +27,7 @@ from chatforge.db.models import FineTuningJob, StoredFile, Upload, UploadPart, u
 from chatforge.db.session import session_scope
 from chatforge.jobconfig import METHOD_KINDS
 from chatforge.jobstate import add_event, finish
-from chatforge.queue import VALIDATE_FILE, enqueue_after_commit, enqueue_job, get_celery
+from chatforge.queue import VALIDATE_FILE, enqueue_after_commit, get_celery
 from chatforge.settings import Settings, get_settings
 from chatforge.storage import get_storage
 
@@ -153,33 +155,62 @@ def _job_file_error(job: FineTuningJob, files: dict) -> dict | None:
 # -- the janitor: lost validations, waiting jobs, expired uploads ----------------------------------------
 
 
-def janitor_once(settings: Settings) -> dict:
+UNCLAIMED_GRACE_S = 5  # a free worker takes the Celery task at once; a busy one's janitor after this
+
+
+def claimable(settings: Settings) -> list[str]:
+    """Files waiting for validation that no live worker holds: never claimed for a few seconds (every
+    worker busy), or whose lease lapsed (their worker died). Too many crashes: the file is an error."""
     now = utcnow()
-    resend: list[str] = []
+    out: list[str] = []
     with session_scope() as s:
-        patience = timedelta(seconds=max(30, 4 * settings.reconcile_interval_seconds))
-        stuck = s.scalars(select(StoredFile).where(
+        rows = s.scalars(select(StoredFile).where(
             StoredFile.status == "uploaded",
             or_(StoredFile.lease_expires_at < now,
                 StoredFile.lease_expires_at.is_(None)
-                & or_(StoredFile.enqueued_at.is_(None), StoredFile.enqueued_at < now - patience)),
-        ).with_for_update(skip_locked=True))
-        for f in stuck:
+                & or_(StoredFile.enqueued_at.is_(None),
+                      StoredFile.enqueued_at < now - timedelta(seconds=UNCLAIMED_GRACE_S))),
+        ).order_by(StoredFile.created_at).with_for_update(skip_locked=True))
+        for f in rows:
             if f.attempts >= settings.max_job_attempts:
                 f.status, f.lease_expires_at = "error", None
                 f.status_details = f"validation stopped {f.attempts} times (its worker died); upload the file again"
                 continue
-            f.lease_expires_at, f.enqueued_at = None, now
-            resend.append(f.id)
-        s.flush()
+            out.append(f.id)
+    return out
+
+
+_validator: threading.Thread | None = None
+
+
+def _validate_waiting(settings: Settings) -> None:
+    while not _stop.is_set():
+        ids = claimable(settings)
+        if not ids:
+            return
+        for file_id in ids:
+            try:
+                process_file(file_id, settings)  # skipped if another worker claimed it meanwhile
+            except Exception:
+                log.exception("validating %s failed; its lease will lapse and it is tried again", file_id)
+
+
+def janitor_once(settings: Settings, background: bool = True) -> dict:
+    """Start validating unclaimed files (in a thread, so training and this loop go on), release the jobs
+    waiting on settled files, expire abandoned uploads."""
+    global _validator
+    waiting = claimable(settings)
+    if waiting and (_validator is None or not _validator.is_alive()):
+        if background:
+            _validator = threading.Thread(target=_validate_waiting, args=(settings,), name="file-validator",
+                                          daemon=True)
+            _validator.start()
+        else:
+            _validate_waiting(settings)
+    with session_scope() as s:
         released = release_jobs(s)
     expired = expire_uploads(settings)
-    for file_id in resend:
-        try:
-            enqueue_job(file_id, "any", VALIDATE_FILE)
-        except Exception:
-            log.warning("broker unreachable; will resend %s", file_id, exc_info=True)
-    return {"resent": resend, "released": released, "expired": expired}
+    return {"waiting": waiting, "released": released, "expired": expired}
 
 
 def expire_uploads(settings: Settings) -> list[str]:

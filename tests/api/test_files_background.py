@@ -77,10 +77,12 @@ def test_large_upload_with_a_bad_last_line_becomes_error_and_its_job_fails(clien
     assert job.status == "failed" and f"line {n}" in job.error.message
 
 
-def test_job_on_a_file_being_validated_waits_then_trains(service, key_a, tmp_path):
-    """An API server whose in-request limit is 1 KB sends even a small file to the worker."""
+def test_job_waits_for_its_file_which_a_worker_busy_training_still_validates(service, key_a, client_a, tmp_path):
+    """An API server whose in-request limit is 1 KB sends even a small file to the worker; the only
+    worker is busy with a long training job, and its janitor thread validates the file anyway."""
     import openai
 
+    from tests.api.test_jobs import wait_step
     from tests.support.data import sft_rows, write_jsonl
     from tests.support.service import free_port, spawn, wait_http
 
@@ -88,14 +90,22 @@ def test_job_on_a_file_being_validated_waits_then_trains(service, key_a, tmp_pat
     port = free_port()
     api = spawn(env, ["serve", "--no-worker", "--skip-model", "--port", str(port)], tmp_path / "api.log")
     try:
+        busy_file = client_a.files.create(file=write_jsonl(tmp_path / "b.jsonl", sft_rows(24)).open("rb"),
+                                          purpose="fine-tune")
+        busy = client_a.fine_tuning.jobs.create(model="tiny-llama", training_file=busy_file.id,
+                                                method=lora(max_steps=400, checkpoint_interval=1000))
+        wait_step(client_a, busy.id, 2)
         wait_http(f"http://127.0.0.1:{port}/health", api)
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key_a, max_retries=0, timeout=600)
         f = c.files.create(file=write_jsonl(tmp_path / "t.jsonl", sft_rows(24)).open("rb"), purpose="fine-tune")
         assert f.status == "uploaded"
         job = c.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id, method=lora(max_steps=2))
-        f, _ = wait_file(c, f.id)
+        assert job.status == "validating_files"
+        f, _ = wait_file(c, f.id, timeout=120)
         assert f.status == "processed"
-        assert job.status == "validating_files" or job.status in ("queued", "running", "succeeded")
+        assert client_a.fine_tuning.jobs.retrieve(busy.id).status == "running"  # validated beside the training
+        client_a.fine_tuning.jobs.cancel(busy.id)
+        assert wait_status(client_a, busy.id, TERMINAL).status == "cancelled"
         job = wait_status(c, job.id, TERMINAL)
         assert job.status == "succeeded", job.error
         events = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data]
