@@ -65,7 +65,8 @@ class StoredFile(Base):
     filename: Mapped[str] = mapped_column(String(255))
     purpose: Mapped[str] = mapped_column(String(32))
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
-    status: Mapped[str] = mapped_column(String(32), default="uploaded")  # uploaded|processed|error
+    # uploaded (validating in the background) | processed | error
+    status: Mapped[str] = mapped_column(String(32), default="uploaded", index=True)
     format: Mapped[str | None] = mapped_column(String(64), default=None)
     kind: Mapped[str | None] = mapped_column(String(32), default=None)  # sft|preference|prompts
     n_examples: Mapped[int | None] = mapped_column(Integer, default=None)
