@@ -22,19 +22,23 @@ log = logging.getLogger(__name__)
 HIST_BINS = 20
 
 
+_U32 = 2**32 - 1
+
+
 class DuplicateCounter:
     """Counts examples whose canonical JSON equals an earlier example's."""
 
     def __init__(self) -> None:
+        # 16 bytes per example: 1.6 million examples (1 GB of chats) hold 26 MB
         self._hashes = array("q")
-        self._lines = array("q")  # line number or -1
-        self._records = array("q")  # record number or -1
+        self._lines = array("I")  # line number, 0 = none
+        self._records = array("I")  # record number, 0 = none
 
     def add(self, canonical_json: bytes, line: int | None, record: int | None) -> None:
         # hash() of bytes is 64-bit SipHash: stable within the process, which is all one pass needs
         self._hashes.append(hash(canonical_json))
-        self._lines.append(-1 if line is None else line)
-        self._records.append(-1 if record is None else record)
+        self._lines.append(line if line is not None and line <= _U32 else 0)
+        self._records.append(record if record is not None and record <= _U32 else 0)
 
     def result(self) -> tuple[int, tuple[int, int] | None]:
         """(number of duplicates, (index of the first duplicate, index of the example it repeats))."""
@@ -57,7 +61,7 @@ class DuplicateCounter:
 
     def where(self, index: int) -> tuple[int | None, int | None]:
         line, record = self._lines[index], self._records[index]
-        return (None if line < 0 else line), (None if record < 0 else record)
+        return (line or None), (record or None)
 
 
 def _template_messages(messages) -> list[dict[str, Any]]:
