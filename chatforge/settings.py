@@ -45,6 +45,16 @@ class Settings(BaseSettings):
     file_validation_lease_seconds: int = Field(
         60, description="A file being validated whose worker stops renewing this long is validated again."
     )
+    storage_url: str | None = Field(
+        None, description="s3://bucket/prefix: keep every artifact in an S3-compatible store (endpoint and "
+        "credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION). "
+        "Unset: the storage folder of the data directory.",
+    )
+    storage_cache_bytes: int = Field(
+        20 * 1024**3, description="Local read-through cache of an object store (models, adapters, datasets); "
+        "least recently used entries are evicted above this size.",
+    )
+    storage_part_bytes: int = Field(8 * 1024**2, description="Multipart upload part size for an object store (>= 5 MiB).")
 
     @property
     def db_url(self) -> str:
@@ -67,6 +77,16 @@ class Settings(BaseSettings):
     @property
     def storage_dir(self) -> Path:
         return (self.data_dir / "storage").resolve()
+
+    @property
+    def cache_dir(self) -> Path:
+        """This host's read-through cache of the object store."""
+        return (self.data_dir / "cache").resolve()
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where this host's jobs write before publishing to the object store."""
+        return (self.data_dir / "scratch").resolve()
 
 
 @lru_cache

@@ -66,6 +66,37 @@ def redis_database(offset: int = 0) -> Iterator[str]:
         r.flushdb()
 
 
+@contextmanager
+def s3_server(log_dir: Path) -> Iterator[dict[str, str]]:
+    """moto's standalone S3 server (a real HTTP endpoint, as MinIO would be) with one bucket; yields the
+    environment that points ChatForge at it (CHATFORGE_STORAGE_URL and the standard AWS variables)."""
+    import boto3
+
+    port = free_port()
+    with open(log_dir / "moto.log", "ab") as log:
+        cmd = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)]
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "CHATFORGE_STORAGE_URL": "s3://chatforge-test/artifacts"}
+    try:
+        end = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(env["AWS_ENDPOINT_URL"], timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > end or p.poll() is not None:
+                    raise RuntimeError("moto_server did not start")
+                time.sleep(0.2)
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="test",
+                     aws_secret_access_key="test", region_name="us-east-1").create_bucket(Bucket="chatforge-test")
+        yield env
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+
+
 def base_env(data_dir: Path, db_url: str | None, broker_url: str | None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATFORGE_")}
     env.update({
@@ -153,10 +184,14 @@ class Service:
     def v1(self) -> str:
         return self.base_url + "/v1"
 
-    def start_worker(self, **extra_env: str) -> Proc:
+    def start_worker(self, data_dir: Path | None = None, **extra_env: str) -> Proc:
+        """A worker; with `data_dir`, one that shares no folder with the API (another host)."""
         env = dict(self.env, **extra_env)
+        if data_dir is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            env["CHATFORGE_DATA_DIR"] = str(data_dir)
         n = len(self.workers)
-        w = spawn(env, ["worker"], self.data_dir / f"worker{n}.log")
+        w = spawn(env, ["worker"], (data_dir or self.data_dir) / f"worker{n}.log")
         self.workers.append(w)
         return w
 
@@ -170,12 +205,12 @@ class Service:
 
 
 def start_service(data_dir: Path, db_url: str | None, broker_url: str | None, *, workers: int = 1,
-                  models: dict[str, Path] | None = None, **extra_env: str) -> Service:
+                  models: dict[str, Path] | None = None, link_models: bool = True, **extra_env: str) -> Service:
     data_dir.mkdir(parents=True, exist_ok=True)
     env = base_env(data_dir, db_url, broker_url, **extra_env)
     cli(env, "migrate")
     for name, path in (models or {}).items():
-        cli(env, "models", "add", name, str(path), "--link")
+        cli(env, "models", "add", name, str(path), *(["--link"] if link_models else []))
     port = free_port()
     api = spawn(env, ["serve", "--no-worker", "--skip-model", "--port", str(port)], data_dir / "api.log")
     svc = Service(f"http://127.0.0.1:{port}", env, data_dir, api)
