@@ -79,6 +79,30 @@ def plain_chat_from_dict(value: dict) -> _Chat | None:
     return _Chat(out)
 
 
+_ALPACA_KEYS = (frozenset(("instruction", "input", "output")), frozenset(("instruction", "output")))
+
+
+def plain_alpaca_from_dict(value: dict) -> _Chat | None:
+    """An Alpaca record the converter would turn into one user/assistant pair without any problem:
+    only instruction / input / output strings, a non-empty instruction, an output that is neither empty
+    nor the "<nooutput>" placeholder. Anything else: None (the converter decides and words it)."""
+    if len(value) > 3 or value.keys() not in _ALPACA_KEYS:
+        return None
+    instruction, inp, output = value["instruction"], value.get("input", ""), value["output"]
+    if type(instruction) is not str or type(inp) is not str or type(output) is not str:
+        return None
+    stripped = output.strip()
+    if not instruction.strip() or not stripped or stripped[:10].lower().startswith("<nooutput>"):
+        return None
+    user = instruction + "\n\n" + inp if inp.strip() else instruction
+    return _Chat([_Msg("user", user), _Msg("assistant", output)])
+
+
+# The formats with a fast path for parsed records, and the one for raw JSON Lines bytes.
+PLAIN_FROM_DICT = {"openai_chat": plain_chat_from_dict, "alpaca": plain_alpaca_from_dict}
+PLAIN_FROM_BYTES = {"openai_chat": decode_plain_chat}
+
+
 # -- chat templates ------------------------------------------------------------------------------------
 
 _PROBE_TEXTS = ("Hi", "  two\n\nlines  ", "{{ braces }} {% raw %}", "ünï 中文 🙂", "\n", "x" * 50)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ml.data.fastpath import decode_plain_chat, encode, plain_chat_from_dict
+from ml.data.fastpath import PLAIN_FROM_BYTES, PLAIN_FROM_DICT, encode
 from ml.data.formats import (
     FORMATS,
     ConvertContext,
@@ -145,14 +145,18 @@ class _Pass:
         self.votes: Counter[str] = Counter()
         self.dropped_tools: tuple[int, int | None, int | None] = (0, None, None)  # count, first line, record
         self.n_records = self.n_examples = self.n_skipped = 0
-        self.n_plain = 0  # records taken by the fast path (openai_chat votes)
+        self.n_plain = 0  # records taken by a fast path: votes for this format
 
     def run(self, items: Iterable[RawItem], out) -> None:
-        fast = self.spec.name == "openai_chat"
+        from_bytes = PLAIN_FROM_BYTES.get(self.spec.name)
+        from_dict = PLAIN_FROM_DICT.get(self.spec.name)
+        # a record taken by a fast path must be one detect_record() files under this very format (a plain
+        # chat always is: its one key is "messages" and it ends with the assistant)
+        checked = self.check_mixing and self.spec.name != "openai_chat"
         for item in items:
             if item.value is LAZY:
-                if fast:
-                    rec = decode_plain_chat(item.raw)
+                if from_bytes is not None:
+                    rec = from_bytes(item.raw)
                     if rec is not None and self._plain(rec, item, out):
                         continue
                 item = parse_line(item)
@@ -161,9 +165,10 @@ class _Pass:
                 if item.fatal:
                     break
                 continue
-            if fast and type(item.value) is dict:
-                rec = plain_chat_from_dict(item.value)
-                if rec is not None and self._plain(rec, item, out):
+            if from_dict is not None and type(item.value) is dict:
+                rec = from_dict(item.value)
+                if rec is not None and (not checked or detect_record(item.value) is self.spec) \
+                        and self._plain(rec, item, out):
                     continue
             self.n_records += 1
             self._record(item, out)
@@ -236,7 +241,7 @@ class _Pass:
 
     def majority(self) -> FormatSpec:
         if self.n_plain and self.check_mixing:
-            self.votes["openai_chat"] += self.n_plain
+            self.votes[self.spec.name] += self.n_plain
             self.n_plain = 0
         if not self.votes:
             return self.spec

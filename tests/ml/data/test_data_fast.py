@@ -28,6 +28,13 @@ def _rows(name, n=None):
     return rows[:n] if n else rows
 
 
+def _no_fast_paths(monkeypatch):
+    monkeypatch.setattr(pipeline, "PLAIN_FROM_BYTES", {})
+    monkeypatch.setattr(pipeline, "PLAIN_FROM_DICT", {})
+    monkeypatch.setattr(stats, "ChatMLRenderer", type("NoRenderer", (), {"for_tokenizer": staticmethod(lambda t: None)}))
+    monkeypatch.setattr(stats, "PieceCounter", type("NoCounter", (), {"for_tokenizer": staticmethod(lambda t: None)}))
+
+
 def test_fast_path_matches_the_full_converter(tmp_path, tok, monkeypatch):
     rows = _rows("openai_chat_gsm8k_train.jsonl", 200)
     rows[5] = rows[4]  # a duplicate
@@ -37,10 +44,7 @@ def test_fast_path_matches_the_full_converter(tmp_path, tok, monkeypatch):
     p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     fast = inspect_file(p, out_path=tmp_path / "fast.jsonl", tokenizer=tok)
     fast_rows = inspect_rows(rows, tokenizer=tok)  # parsed dicts: plain_chat_from_dict
-    monkeypatch.setattr(pipeline, "decode_plain_chat", lambda raw: None)
-    monkeypatch.setattr(pipeline, "plain_chat_from_dict", lambda value: None)
-    monkeypatch.setattr(stats, "ChatMLRenderer", type("NoRenderer", (), {"for_tokenizer": staticmethod(lambda t: None)}))
-    monkeypatch.setattr(stats, "PieceCounter", type("NoCounter", (), {"for_tokenizer": staticmethod(lambda t: None)}))
+    _no_fast_paths(monkeypatch)
     slow = inspect_rows(rows, out_path=tmp_path / "slow.jsonl", tokenizer=tok)  # the full converter and Jinja
     assert fast_rows.token_stats == slow.token_stats and fast_rows.duplicates == slow.duplicates
     assert [str(w) for w in fast_rows.warnings] == [str(w) for w in slow.warnings]
@@ -51,6 +55,24 @@ def test_fast_path_matches_the_full_converter(tmp_path, tok, monkeypatch):
     assert [str(w) for w in fast.warnings] == [str(w).replace("record ", "line ") for w in slow.warnings]
     assert list(read_canonical(tmp_path / "fast.jsonl", "sft")) == list(read_canonical(tmp_path / "slow.jsonl", "sft"))
     assert "line 6" in fast.summary(5) or any(w.line == 6 for w in fast.warnings)
+
+
+def test_alpaca_fast_path_matches_the_full_converter(tmp_path, tok, monkeypatch):
+    with open(SAMPLES / "sft_tatsu_alpaca_first335.json") as f:
+        rows = json.load(f)
+    rows[3]["output"] = "<nooutput>"  # skipped with a warning
+    rows[4]["input"] = "   "  # blank input: the instruction alone
+    rows[5]["instruction"] = ""  # input alone
+    rows[6]["system"] = "Be brief."
+    rows[7] = rows[8]
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps(rows, ensure_ascii=False, indent=1))
+    fast = inspect_file(p, out_path=tmp_path / "fast.jsonl", tokenizer=tok)
+    _no_fast_paths(monkeypatch)
+    slow = inspect_file(p, out_path=tmp_path / "slow.jsonl", tokenizer=tok)
+    assert fast.ok and fast.format == slow.format == "alpaca"
+    assert fast.to_dict() == slow.to_dict()
+    assert list(read_canonical(tmp_path / "fast.jsonl", "sft")) == list(read_canonical(tmp_path / "slow.jsonl", "sft"))
 
 
 def test_plain_chat_decoder_refuses_anything_unusual():
