@@ -26,6 +26,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ml.data import inspect_file
 
 
+def generate_alpaca(path: Path, mb: float) -> int:
+    """An Alpaca JSON array (the tatsu-lab layout: one indented object per element)."""
+    rnd = random.Random(1)
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "zebra"]
+    rows, size, n = [], 0, 0
+    while size < mb * 2**20:
+        row = {"instruction": f"Task {n}: " + " ".join(rnd.choices(words, k=20)),
+               "input": " ".join(rnd.choices(words, k=rnd.choice((0, 15)))),
+               "output": " ".join(rnd.choices(words, k=60))}
+        rows.append(row)
+        size += len(json.dumps(row)) + 20
+        n += 1
+    path.write_text(json.dumps(rows, indent=4))
+    return n
+
+
 def generate(path: Path, mb: float, array: bool = False) -> int:
     rnd = random.Random(0)
     words = [
@@ -146,6 +162,13 @@ def main() -> None:
         ours = timed(lambda: inspect_file(arr, out_path=d / "out.jsonl"))
         print(row("JSON array, no tokenizer", mb_arr, ours, base * mb_arr / mb_big, "json.loads",
                   (CPU[-1], CPU[-3] * mb_arr / mb_big)))
+        alp = d / "alpaca.json"
+        generate_alpaca(alp, args.mb / 2)
+        mb_alp = alp.stat().st_size / 2**20
+        base = timed(lambda: json.loads(alp.read_bytes()))
+        ours = timed(lambda: inspect_file(alp, out_path=d / "out.jsonl"))
+        print(row("Alpaca JSON array, no tokenizer", mb_alp, ours, base, "json.loads of the file",
+                  (CPU[-1], CPU[-2])))
 
         from ml.models import load_tokenizer
         from tests.support.models import tiny_llama_dir
