@@ -2,6 +2,7 @@
 its messages. The database is the truth; leases and the reconciler bring jobs back."""
 
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -35,6 +36,27 @@ def train_file(client, tmp_path_factory):
     return client.files.create(file=p.open("rb"), purpose="fine-tune")
 
 
+def training_children(job_id: str) -> list[int]:
+    """Pids of live `python -m workers.runner JOB_ID ...` processes."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"workers.runner" in argv and job_id.encode() in argv:
+            pids.append(int(d.name))
+    return pids
+
+
+def wait_until(cond, what: str, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 def method(steps, every):
     return {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 4}, "max_steps": steps,
                                                  "checkpoint_interval": every, "max_seq_length": 96}}
@@ -44,7 +66,7 @@ def test_worker_killed_mid_job_resumes_from_last_checkpoint(chaos, client, train
     job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id, method=method(30, 4))
     wait_step(client, job.id, 9)  # checkpoints at 4 and 8 exist
     chaos.workers[0].kill9()  # the worker and (through PR_SET_PDEATHSIG) its training child die
-    time.sleep(1)
+    wait_until(lambda: not training_children(job.id), what="the training child to die with its worker")
     before = client.fine_tuning.jobs.retrieve(job.id)
     assert before.status == "running"  # nobody has noticed yet: the lease is still valid
     chaos.start_worker()  # a fresh worker; its reconciler finds the lapsed lease
