@@ -13,10 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # OpenAI parameters this server does not implement: a request using them gets a 400 naming them.
 UNSUPPORTED = {
-    "tools": "tool calling is not supported by the built-in engine",
-    "tool_choice": "tool calling is not supported by the built-in engine",
-    "functions": "function calling is not supported by the built-in engine",
-    "function_call": "function calling is not supported by the built-in engine",
+    "functions": "the deprecated functions parameter is not supported; use tools",
+    "function_call": "the deprecated function_call parameter is not supported; use tool_choice",
     "logit_bias": "logit_bias is not supported",
     "audio": "audio output is not supported",
     "modalities": "only text output is supported",
@@ -27,11 +25,21 @@ UNSUPPORTED = {
     "suffix": "suffix (insertion) is not supported",
     "reasoning_effort": "reasoning_effort is not supported",
     "service_tier": None,  # accepted, no effect (there is one tier)
-    "parallel_tool_calls": None,
     "user": None,
     "metadata": None,
     "store": None,
 }
+
+
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
 
 
 class ChatMessage(BaseModel):
@@ -39,6 +47,21 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    def to_chat(self) -> dict[str, Any]:
+        """The message as the renderer takes it (developer -> system, content parts -> text)."""
+        d: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            d["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+            if not self.content:
+                d["content"] = None
+        if self.tool_call_id is not None:
+            d["tool_call_id"] = self.tool_call_id
+        if self.name is not None and self.role == "tool":
+            d["name"] = self.name
+        return d
 
     def text(self) -> str:
         if self.content is None:
@@ -57,9 +80,46 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = "response"
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.type}
+        if self.json_schema is not None:
+            d["json_schema"] = self.json_schema.model_dump(by_alias=True, exclude_none=True)
+        return d
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class _Sampling(BaseModel):
@@ -104,6 +164,16 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
+
+    def tool_choice_value(self) -> str | dict[str, Any] | None:
+        c = self.tool_choice
+        return c.model_dump() if isinstance(c, NamedToolChoice) else c
 
     @property
     def limit(self) -> int | None:

@@ -22,6 +22,7 @@ from api import metrics
 from api.deps import ProjectDep, SessionDep
 from api.errors import APIError, BadRequest, RateLimited
 from api.protocol import ChatCompletionRequest, CompletionRequest
+from api.services.completion import GenerationFailed, collect, start_chat
 from api.services.models import visible_model
 from api.services.serving import ServingHub, Target
 from chatforge.storage import get_storage
@@ -162,39 +163,38 @@ def _sse(obj: dict) -> str:
 async def chat_completions(body: ChatCompletionRequest, request: Request, session: SessionDep,
                            project: ProjectDep):
     _check(body)
-    if body.response_format is not None and body.response_format.type != "text":
-        raise BadRequest(f"response_format {body.response_format.type} is not supported by the built-in "
-                         "engine (no constrained decoding); use type \"text\"", param="response_format",
-                         code="unsupported_parameter")
     row = visible_model(session, project, body.model)
     target = hub(request).target(row)
     session.close()  # do not hold a connection while streaming
     try:
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in body.messages]
+        messages = [m.to_chat() for m in body.messages]
     except ValueError as e:
         raise BadRequest(str(e), param="messages", code="unsupported_content") from None
-    engine = await asyncio.to_thread(hub(request).engine_for, target)
-    prompt_ids = await asyncio.to_thread(hub(request).prompt_ids, engine, target, messages)
-    top = body.top_logprobs or 0
-    handles = await _submit(engine, target, prompt_ids, body, body.n, body.logprobs, top)
+    gen = await start_chat(
+        hub(request), target, messages, tools=body.tool_dicts(), tool_choice=body.tool_choice_value(),
+        response_format=body.response_format.to_dict() if body.response_format else None,
+        parallel_tool_calls=body.parallel_tool_calls, max_tokens=body.limit, temperature=body.temperature,
+        top_p=body.top_p, seed=body.seed, stop=body.stop, presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
+        n=body.n)
+    engine, n_prompt = gen.engine, gen.prompt_tokens
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model
 
     if not body.stream:
-        results = await _results(request, handles)
-        if results is None:
+        result = await _collect_or_gone(request, gen)
+        if result is None:
             return _client_closed()
-        choices, completion_tokens = [], 0
-        for i, r in enumerate(results):
-            if _failed(r.finish_reason):
-                raise EngineFailure(r)
-            completion_tokens += r.usage.completion_tokens if r.usage else len(r.token_ids)
-            choices.append({"index": i, "message": {"role": "assistant", "content": r.text, "refusal": None},
-                            "logprobs": _logprobs_obj(engine, r.logprobs) if body.logprobs else None,
-                            "finish_reason": r.finish_reason})
-        metrics.GENERATED.labels(target.engine_id).inc(completion_tokens)
-        usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
-                 "total_tokens": len(prompt_ids) + completion_tokens}
+        choices = []
+        for c in result.choices:
+            message = {"role": "assistant", "content": c.content, "refusal": None}
+            if c.tool_calls:
+                message["tool_calls"] = c.tool_calls
+            choices.append({"index": c.index, "message": message,
+                            "logprobs": _logprobs_obj(engine, c.logprobs) if body.logprobs else None,
+                            "finish_reason": c.finish_reason})
+        metrics.GENERATED.labels(target.engine_id).inc(result.completion_tokens)
+        usage = {"prompt_tokens": n_prompt, "completion_tokens": result.completion_tokens,
+                 "total_tokens": n_prompt + result.completion_tokens}
         return JSONResponse({"id": cid, "object": "chat.completion", "created": created, "model": model,
                              "choices": choices, "usage": usage, "system_fingerprint": None})
 
@@ -208,35 +208,61 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sessio
         return out
 
     async def events():
-        completion_tokens = 0
+        tokens = [0] * body.n
         try:
-            for i in range(len(handles)):
+            for i in range(body.n):
                 yield _sse(chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                                    "logprobs": None, "finish_reason": None}]))
-            async for i, ev in _merged(handles):
-                if ev.finish_reason is not None and _failed(ev.finish_reason):
-                    yield _error_event(ev)
-                    break
-                completion_tokens += len(ev.token_ids)
-                lp = _logprobs_obj(engine, ev.logprobs) if body.logprobs and ev.logprobs else None
-                if ev.text or lp:
-                    yield _sse(chunk([{"index": i, "delta": {"content": ev.text}, "logprobs": lp,
-                                       "finish_reason": None}]))
-                if ev.finish_reason is not None:
-                    yield _sse(chunk([{"index": i, "delta": {}, "logprobs": None,
-                                       "finish_reason": ev.finish_reason}]))
+            try:
+                async for d in gen.deltas:
+                    tokens[d.choice] = d.completion_tokens
+                    lp = _logprobs_obj(engine, d.logprobs) if body.logprobs and d.logprobs else None
+                    if d.text or lp:
+                        yield _sse(chunk([{"index": d.choice, "delta": {"content": d.text}, "logprobs": lp,
+                                           "finish_reason": None}]))
+                    if d.tool_calls:
+                        yield _sse(chunk([{"index": d.choice, "delta": {"tool_calls": [
+                            _tool_call_delta(c) for c in d.tool_calls]}, "logprobs": None, "finish_reason": None}]))
+                    if d.finish_reason is not None:
+                        yield _sse(chunk([{"index": d.choice, "delta": {}, "logprobs": None,
+                                           "finish_reason": d.finish_reason}]))
+            except GenerationFailed as e:
+                yield _sse({"error": e.body()["error"]})
             else:
                 if include_usage:
-                    yield _sse(chunk([], {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
-                                          "total_tokens": len(prompt_ids) + completion_tokens}))
+                    used = sum(tokens)
+                    yield _sse(chunk([], {"prompt_tokens": n_prompt, "completion_tokens": used,
+                                          "total_tokens": n_prompt + used}))
             yield "data: [DONE]\n\n"
         finally:  # client gone or finished: free the slots at the next decode step
-            for h in handles:
-                h.cancel()
-            metrics.GENERATED.labels(target.engine_id).inc(completion_tokens)
+            gen.cancel()
+            metrics.GENERATED.labels(target.engine_id).inc(sum(tokens))
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _tool_call_delta(c) -> dict:
+    """OpenAI's tool_calls delta: the first piece of a call has id, type and name; later ones arguments."""
+    out: dict = {"index": c.index, "function": {"arguments": c.arguments}}
+    if c.id is not None:
+        out["id"], out["type"] = c.id, "function"
+        out["function"]["name"] = c.name
+    return out
+
+
+async def _collect_or_gone(request: Request, gen):
+    """The collected result, or None as soon as the client disconnects (the generation is cancelled)."""
+    done = asyncio.ensure_future(collect(gen))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+        return done.result() if done.done() else None
+    finally:
+        gen.cancel()
+        gone.cancel()
+        done.cancel()
+        await asyncio.gather(done, gone, return_exceptions=True)
 
 
 @router.post("/completions")

@@ -98,11 +98,10 @@ def fast_texts(renderer: ChatMLRenderer, rec: Record) -> list[str] | None:
 def render_texts(tokenizer, rec: Record) -> list[str]:
     """The text(s) the chat template produces for one example (two for a preference pair)."""
     if isinstance(rec, Conversation):
-        return [
-            tokenizer.apply_chat_template(
-                _template_messages(rec.messages), tools=rec.tools or None, tokenize=False
-            )
-        ]
+        from ml.data.render import apply_tool_format  # the tool format training renders with
+
+        msgs, tools, _ = apply_tool_format(tokenizer, _template_messages(rec.messages), rec.tools)
+        return [tokenizer.apply_chat_template(msgs, tools=tools or None, tokenize=False)]
     if isinstance(rec, PreferenceExample):
         return [
             tokenizer.apply_chat_template(_template_messages(rec.prompt + (reply,)), tokenize=False)

@@ -1,10 +1,11 @@
 """Serving: a continuous-batching, multi-adapter generation engine (pure torch, no HTTP).
 
-Public API: Engine, EnginePool, GenerationRequest, RequestHandle, GenerationEvent, Completion, the
+Public API: Engine, EnginePool, GenerationRequest (GrammarSpec for constrained decoding), RequestHandle, GenerationEvent, Completion, the
 ServeError family (status = HTTP status), and adapter_base_model(). The API layer wraps these.
 """
 
 from ml.serve.architectures import SUPPORTED_MODEL_TYPES
+from ml.serve.constrained import GrammarSpec
 from ml.serve.engine import Engine, EngineStats
 from ml.serve.handle import RequestHandle
 from ml.serve.lora import BASE, adapter_base_model
@@ -35,6 +36,7 @@ __all__ = [
     "EngineStats",
     "GenerationEvent",
     "GenerationRequest",
+    "GrammarSpec",
     "InvalidRequest",
     "RequestHandle",
     "RequestTooLarge",

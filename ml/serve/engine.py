@@ -26,6 +26,7 @@ import torch
 
 from ml.models import TORCH_DTYPES, Dtype, Quantization, load_causal_lm, load_tokenizer
 from ml.records import Message
+from ml.serve.constrained import GrammarCache, GrammarSpec
 from ml.serve.decoder import DecoderRunner
 from ml.serve.detokenize import IncrementalDetokenizer, StopStringMatcher
 from ml.serve.handle import RequestHandle
@@ -107,6 +108,8 @@ class Engine:
         self._stacks: dict[tuple, tuple[list[LoraAdapter], list]] = {}
         self._stacks_generation = 0
         self._closed = False
+        self._grammars: GrammarCache | None = None
+        self._grammar_lock = threading.Lock()
         self._prompt_tokens_total = 0
         self._generated_total = 0
         self._finished_total = 0
@@ -195,13 +198,16 @@ class Engine:
             raise UnknownAdapter(f"adapter {adapter!r} is not registered with {self.model_id}")
         handle = RequestHandle(req.request_id or uuid.uuid4().hex, n_prompt)
         stop_ids = self.eos_ids if req.stop_token_ids is None else frozenset(req.stop_token_ids)
+        sampling = SamplingState.from_request(req, self.vocab_size, self.device)
+        if req.grammar is not None:
+            sampling.grammar = self.grammars.matcher(req.grammar, stop_ids)
         seq = Sequence(
             handle=handle,
             req=req,
             adapter_name=adapter,
             max_new=max_new,
             stop_ids=stop_ids,
-            sampling=SamplingState.from_request(req, self.vocab_size, self.device),
+            sampling=sampling,
             detok=IncrementalDetokenizer(self.tokenizer),
             matcher=StopStringMatcher(req.stop),
             order=next(self._order),
@@ -214,6 +220,18 @@ class Engine:
             self._waiting.append(seq)
             self._lock.notify()
         return handle
+
+    @property
+    def grammars(self) -> GrammarCache:
+        """The compiled-grammar cache for this engine's vocabulary (built on first use, ~1 s)."""
+        with self._grammar_lock:
+            if self._grammars is None:
+                self._grammars = GrammarCache(self.tokenizer, self.vocab_size, self.eos_ids)
+            return self._grammars
+
+    def prepare_grammar(self, spec: GrammarSpec) -> None:
+        """Compile a grammar ahead of submit() (blocking; raises InvalidRequest for a bad schema)."""
+        self.grammars.compile(spec)
 
     def generate(self, req: GenerationRequest) -> Completion:
         """Blocking convenience: submit and wait for the Completion."""

@@ -8,7 +8,10 @@ or talk HTTP; OpenAI wire formats are the API's business.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ml.serve.constrained import GrammarSpec
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -85,6 +88,9 @@ class GenerationRequest:
     stop_token_ids: list[int] | None = None
     """None = the model's eos ids. [] = never stop on a token (only max_tokens / stop strings)."""
     request_id: str | None = None
+    grammar: GrammarSpec | None = None
+    """Constrained decoding: every token is one the grammar allows, and the request ends ("stop") when
+    the grammar is complete. Only this row is masked; its batch neighbours decode as if it were free."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ml.serve.constrained import RowGrammar, mask_rows
 from ml.serve.request import GenerationRequest, TokenLogprob
 
 
@@ -28,6 +29,7 @@ class SamplingState:
     generator: torch.Generator
     vocab_size: int
     counts: torch.Tensor | None = None  # [vocab] float32 output-token counts, only with penalties
+    grammar: RowGrammar | None = None  # constrained decoding: masks this row's logits before sampling
     _penalised: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -87,8 +89,15 @@ class SamplingState:
 def sample_batch(
     logits: torch.Tensor, states: list[SamplingState]
 ) -> tuple[list[int], list[TokenLogprob | None]]:
-    """Tokens (and logprobs where asked) for each row of logits [n, vocab] (float32)."""
+    """Tokens (and logprobs where asked) for each row of logits [n, vocab] (float32).
+
+    Rows with a grammar choose among the tokens it allows (a masked copy of the logits; free rows read
+    the same values as without it) and advance their matcher; logprobs stay those of the raw logits."""
     n = logits.shape[0]
+    raw = logits
+    grammars = [(i, s.grammar) for i, s in enumerate(states) if s.grammar is not None]
+    if grammars:
+        logits = mask_rows(logits, grammars)
     tokens: list[int] = [0] * n
     greedy = [i for i, s in enumerate(states) if s.plain_greedy]
     if greedy:
@@ -101,7 +110,7 @@ def sample_batch(
     lps: list[TokenLogprob | None] = [None] * n
     wants = [i for i, s in enumerate(states) if s.logprobs]
     if wants:
-        logp = torch.log_softmax(logits[wants], dim=-1)
+        logp = torch.log_softmax(raw[wants], dim=-1)
         for j, i in enumerate(wants):
             k = states[i].top_logprobs
             top: tuple[tuple[int, float], ...] = ()
@@ -111,4 +120,6 @@ def sample_batch(
             lps[i] = TokenLogprob(token_id=tokens[i], logprob=float(logp[j, tokens[i]]), top=top)
     for i, s in enumerate(states):
         s.observe(tokens[i])
+    for i, g in grammars:
+        g.accept(tokens[i])
     return tokens, lps

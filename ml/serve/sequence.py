@@ -41,11 +41,14 @@ class Sequence:
         """Record a sampled token; the event is final (finish_reason set) if the sequence ended."""
         self.generated.append(tok)
         finish: FinishReason | None = None
+        grammar = self.sampling.grammar
         if tok in self.stop_ids:
             delta, finish = self.detok.flush(), "stop"  # the stop token's own text is never shown
         else:
             delta = self.detok.add(tok)
-            if len(self.generated) >= self.max_new:
+            if grammar is not None and grammar.done:  # complete: nothing more is allowed
+                delta, finish = delta + self.detok.flush(), "stop"
+            elif len(self.generated) >= self.max_new:
                 delta, finish = delta + self.detok.flush(), "length"
         text, matched = self.matcher.push(delta)
         if matched:

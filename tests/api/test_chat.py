@@ -174,9 +174,14 @@ def test_bad_parameters_are_400_naming_them(client_a):
     with pytest.raises(openai.BadRequestError) as e:
         client_a.chat.completions.create(model="tiny-llama", messages=MSG, logit_bias={"1": 5})
     assert "logit_bias" in str(e.value)
+    with pytest.raises(openai.BadRequestError) as e:  # a schema keyword the grammar cannot enforce
+        schema = {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}
+        client_a.chat.completions.create(model="tiny-llama", messages=MSG, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    assert e.value.body["param"] == "response_format.json_schema.schema.properties.tags.uniqueItems"
     with pytest.raises(openai.BadRequestError) as e:
-        client_a.chat.completions.create(model="tiny-llama", messages=MSG, response_format={"type": "json_object"})
-    assert "response_format" in str(e.value)
+        client_a.chat.completions.create(model="tiny-llama", messages=MSG, functions=[{"name": "f"}])
+    assert "functions" in str(e.value)
 
 
 def test_unknown_model_is_404(client_a):
