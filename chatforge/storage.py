@@ -487,6 +487,7 @@ def restore_newest_folder(storage: Storage, key: str, local_dir: Path) -> str | 
     names = storage.list_folders(key)
     if not storage.remote or not names:
         return None
+    Path(local_dir).mkdir(parents=True, exist_ok=True)
     newest = max(names, key=lambda n: (int(m.group(1)) if (m := re.search(r"(\d+)$", n)) else -1, n))
     dest = Path(local_dir) / newest
     if dest.exists():

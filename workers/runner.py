@@ -25,7 +25,7 @@ from chatforge.db.models import FineTuningJob, JobEvent, Model, StoredFile, new_
 from chatforge.db.session import session_scope
 from chatforge.jobstate import add_event, finish
 from chatforge.settings import get_settings
-from chatforge.storage import Storage, get_storage
+from chatforge.storage import Storage, get_storage, restore_newest_folder
 from workers.sink import DBSink
 
 log = logging.getLogger("chatforge.runner")
@@ -77,6 +77,8 @@ def _context(job_id: str) -> JobContext:
         root = s.get(Model, base.root) or base
         s.expunge_all()
     out = storage.writable_dir(f"jobs/{job.id}")
+    # an object store: this host may never have seen the run; resume from the newest published checkpoint
+    restore_newest_folder(storage, f"jobs/{job.id}/checkpoints", out / "checkpoints")
     return JobContext(job, storage, base, root, out, fine_tuned_name(job, root.id))
 
 
@@ -113,6 +115,8 @@ def _metrics_csv(session, job: FineTuningJob) -> StoredFile | None:
 
 def record_success(ctx: JobContext, *, kind: str, folder_key: str, is_adapter: bool, trained_tokens: int | None,
                    result: dict, settings: dict | None = None) -> None:
+    # publish the trained folder (a no-op where output_dir already is the stored folder)
+    ctx.storage.put_dir(folder_key, ctx.output_dir / folder_key.removeprefix(f"jobs/{ctx.job.id}/"))
     with session_scope() as s:
         job = s.get(FineTuningJob, ctx.job.id)
         m = s.get(Model, ctx.model_name)

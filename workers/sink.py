@@ -67,6 +67,11 @@ class DBSink:
         key = f"jobs/{self.job_id}/checkpoints/{path.name}"
         if not self.storage.exists(key) or not self.storage.exists(_key(key, servable, path)):
             self.storage.put_dir(key, path)  # remote stores: upload the folder
+        if getattr(self.storage, "remote", False):  # the trainer rotated old checkpoints away; so does the store
+            parent = key.rsplit("/", 1)[0]
+            for name in self.storage.list_folders(parent):
+                if not (path.parent / name).exists():
+                    self.storage.delete(f"{parent}/{name}")
         model_id = f"{self.model_name}:ckpt-step-{step}"
         settings = {"serves_as": "reward_model"} if servable.kind == "reward_model" else {}
         with session_scope() as s:

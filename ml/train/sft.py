@@ -8,6 +8,7 @@ It knows nothing about jobs, databases or HTTP; see ml.train.launch for a comman
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -153,10 +154,20 @@ def _training_args(cfg: SupervisedConfig, ckpt_dir: Path, has_valid: bool) -> Tr
 _RESUME_TOLERANT = {"eval_interval", "checkpoint_interval", "keep_checkpoints"}
 
 
+def model_fingerprint(folder: Path) -> str:
+    """Identifies a model folder wherever it is copied: its config and the names and sizes of its weights."""
+    h = hashlib.sha256((Path(folder) / "config.json").read_bytes() if (Path(folder) / "config.json").exists() else b"")
+    for w in sorted(Path(folder).glob("*.safetensors")):
+        h.update(f"{w.name}:{w.stat().st_size}".encode())
+    return h.hexdigest()
+
+
 def _check_same_run(checkpoint: Path, cfg: SupervisedConfig, base_model: Path) -> None:
     """Refuse to resume a checkpoint written for another base model or other hyperparameters."""
     info = json.loads((checkpoint / COMPLETE_MARKER).read_text())
-    if info.get("base_model") not in (None, str(base_model)):
+    # the same folder, or the same model at another path (another host's copy of it, fetched from a store)
+    same_copy = info.get("base_model_fingerprint") == model_fingerprint(base_model)
+    if info.get("base_model") not in (None, str(base_model)) and not same_copy:
         raise ValueError(
             f"{checkpoint} was trained from {info['base_model']}, not {base_model}; use resume=False"
         )
@@ -273,7 +284,8 @@ def run_supervised(
     )
     for noisy in (PrinterCallback, ProgressCallback):  # the sink reports progress; no stdout dicts
         trainer.remove_callback(noisy)
-    trainer.checkpoint_info = {"base_model": str(base_model), "config": resolved.to_dict()}
+    trainer.checkpoint_info = {"base_model": str(base_model), "config": resolved.to_dict(),
+                               "base_model_fingerprint": model_fingerprint(base_model)}
     trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
 
     evaluate_final(trainer, callback)
