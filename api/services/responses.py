@@ -314,22 +314,23 @@ class ResponseBuilder:
     def text(self, delta: str) -> list[dict[str, Any]]:
         if not delta:
             return []
-        events = []
-        if self._message is None:
-            self._message = len(self.output)
-            item = {"id": new_item_id("msg"), "type": "message", "role": "assistant", "status": "in_progress",
-                    "content": []}
-            self.output.append(item)
-            events.append(self._event("response.output_item.added", output_index=self._message, item=dict(item)))
-            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            item["content"] = [part]
-            events.append(self._event("response.content_part.added", item_id=item["id"],
-                                      output_index=self._message, content_index=0, part=dict(part)))
+        events = self._open_message() if self._message is None else []
         item = self.output[self._message]
         item["content"][0]["text"] += delta
         events.append(self._event("response.output_text.delta", item_id=item["id"], output_index=self._message,
                                   content_index=0, delta=delta, logprobs=[]))
         return events
+
+    def _open_message(self) -> list[dict[str, Any]]:
+        self._message = len(self.output)
+        item = {"id": new_item_id("msg"), "type": "message", "role": "assistant", "status": "in_progress",
+                "content": []}
+        self.output.append(item)
+        added = self._event("response.output_item.added", output_index=self._message, item=dict(item))
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        item["content"] = [part]
+        return [added, self._event("response.content_part.added", item_id=item["id"], output_index=self._message,
+                                   content_index=0, part=dict(part))]
 
     def tool_call(self, index: int, call_id: str | None, name: str | None, arguments: str) -> list[dict[str, Any]]:
         """A tool call delta (chat-completions shape: the first carries id and name)."""
@@ -368,7 +369,10 @@ class ResponseBuilder:
         """`finish_reason` is the chat one: "stop", "tool_calls" or "length"."""
         incomplete = finish_reason == "length"
         status = "incomplete" if incomplete else "completed"
-        events = self._close_message(status)
+        events = []
+        if not self.output:  # an empty reply is still an (empty) assistant message
+            events += self._open_message()
+        events += self._close_message(status)
         for out_index in sorted(self._calls.values()):
             item = self.output[out_index]
             item["status"] = status

@@ -7,12 +7,12 @@ max_output_tokens; SmolLM2 answers (and stops) where a test needs a real convers
 """
 
 import asyncio
-import json
 
 import openai
 import pytest
 
 SAY = "Say hello to the world."
+CAPITAL = "What is the capital of France?"
 TEXT_EVENTS = ["response.created", "response.in_progress", "response.output_item.added",
                "response.content_part.added"]
 TEXT_END = ["response.output_text.done", "response.content_part.done", "response.output_item.done"]
@@ -43,3 +43,174 @@ def test_instructions_are_a_system_message(client_a):
     msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": SAY}]
     assert r.output_text == _chat_text(client_a, msgs, 5)
     assert r.instructions == "You are terse."
+
+
+def _text_stream_types(n_deltas: int, final: str) -> list[str]:
+    return TEXT_EVENTS + ["response.output_text.delta"] * n_deltas + TEXT_END + [final]
+
+
+def test_stream_events_in_order(client_a):
+    events = list(client_a.responses.create(model="tiny-llama", input=SAY, max_output_tokens=6, temperature=0,
+                                            stream=True))
+    n_deltas = sum(e.type == "response.output_text.delta" for e in events)
+    assert n_deltas >= 1
+    assert [e.type for e in events] == _text_stream_types(n_deltas, "response.incomplete")
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    created, final = events[0].response, events[-1].response
+    assert created.status == "in_progress" and created.output == [] and created.id == final.id
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    item_ids = {e.item_id for e in events if hasattr(e, "item_id")}
+    assert len(item_ids) == 1 and final.output[0].id in item_ids
+    assert text == final.output_text == events[-4].text
+    assert final.status == "incomplete" and final.incomplete_details.reason == "max_output_tokens"
+    assert final.usage.output_tokens == 6
+    whole = client_a.responses.create(model="tiny-llama", input=SAY, max_output_tokens=6, temperature=0)
+    assert whole.output_text == text
+    assert client_a.responses.retrieve(final.id).output_text == text  # stored before the last event
+
+
+def test_stream_helper_completes_with_smollm2(client_a):
+    """client.responses.stream(...) folds the events itself; a reply that ends by itself is completed."""
+    with client_a.responses.stream(model="smollm2-135m-instruct", input=CAPITAL,
+                                   max_output_tokens=60, temperature=0) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert final.status == "completed" and final.incomplete_details is None
+    assert "Paris" in final.output_text and "".join(deltas) == final.output_text
+    assert final.output[0].status == "completed" and final.usage.output_tokens < 60
+
+
+def test_async_client_create_stream_and_retrieve(service, key_a):
+    async def main():
+        client = openai.AsyncOpenAI(base_url=service.v1, api_key=key_a, max_retries=0, timeout=600)
+        try:
+            r = await client.responses.create(model="tiny-llama", input=SAY, max_output_tokens=4, temperature=0)
+            stream = await client.responses.create(model="tiny-llama", input=SAY, max_output_tokens=4,
+                                                   temperature=0, stream=True)
+            events = [e async for e in stream]
+            async with client.responses.stream(model="smollm2-135m-instruct", input=CAPITAL,
+                                               max_output_tokens=60, temperature=0) as helper:
+                deltas = [e.delta async for e in helper if e.type == "response.output_text.delta"]
+                helped = await helper.get_final_response()
+            assert helped.status == "completed" and "".join(deltas) == helped.output_text
+            again = await client.responses.retrieve(r.id)
+            return r, events, helped, again
+        finally:
+            await client.close()
+
+    r, events, helped, again = asyncio.run(main())
+    assert events[-1].type == "response.incomplete" and events[-1].response.output_text == r.output_text
+    assert "Paris" in helped.output_text
+    assert again.id == r.id and again.output_text == r.output_text and again.usage == r.usage
+
+
+def test_previous_response_id_continues_the_conversation(client_a):
+    first = client_a.responses.create(model="tiny-llama", input="My name is Ada.", max_output_tokens=4,
+                                      temperature=0)
+    second = client_a.responses.create(model="tiny-llama", input="What is my name?", max_output_tokens=4,
+                                       temperature=0, previous_response_id=first.id)
+    assert second.previous_response_id == first.id
+    history = [{"role": "user", "content": "My name is Ada."},
+               {"role": "assistant", "content": first.output_text},
+               {"role": "user", "content": "What is my name?"}]
+    chat = client_a.chat.completions.create(model="tiny-llama", messages=history, max_tokens=4, temperature=0)
+    assert second.usage.input_tokens == chat.usage.prompt_tokens
+    assert second.output_text == chat.choices[0].message.content
+    items = list(client_a.responses.input_items.list(second.id, order="asc"))
+    assert [(i.type, i.role) for i in items] == [("message", "user"), ("message", "assistant"),
+                                                 ("message", "user")]
+    assert items[0].content[0].text == "My name is Ada." and items[1].id == first.output[0].id
+    assert items[1].content[0].text == first.output_text and items[2].content[0].text == "What is my name?"
+    newest_first = list(client_a.responses.input_items.list(second.id))
+    assert [i.id for i in newest_first] == [i.id for i in reversed(items)]
+    page = client_a.responses.input_items.list(second.id, order="asc", limit=2)
+    assert [i.id for i in page.data] == [i.id for i in items[:2]] and page.has_more
+    assert [i.id for i in page.get_next_page().data] == [items[2].id]
+
+
+def test_smollm2_remembers_a_fact_from_the_previous_turn(client_a):
+    first = client_a.responses.create(model="smollm2-135m-instruct", temperature=0, max_output_tokens=30,
+                                      input="The secret password is PINEAPPLE.")
+    second = client_a.responses.create(model="smollm2-135m-instruct", temperature=0, max_output_tokens=30,
+                                       input="What is the secret password?", previous_response_id=first.id)
+    assert "pineapple" in second.output_text.lower()
+    alone = client_a.responses.create(model="smollm2-135m-instruct", temperature=0, max_output_tokens=30,
+                                      input="What is the secret password?")
+    assert "pineapple" not in alone.output_text.lower()
+
+
+def test_instructions_are_not_carried_over(client_a):
+    first = client_a.responses.create(model="tiny-llama", input="Hi", instructions="Be brief.",
+                                      max_output_tokens=3, temperature=0)
+    second = client_a.responses.create(model="tiny-llama", input="Again", max_output_tokens=3, temperature=0,
+                                       previous_response_id=first.id)
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": first.output_text},
+               {"role": "user", "content": "Again"}]
+    chat = client_a.chat.completions.create(model="tiny-llama", messages=history, max_tokens=3, temperature=0)
+    assert second.usage.input_tokens == chat.usage.prompt_tokens and second.instructions is None
+
+
+def test_store_false_is_neither_retrievable_nor_continuable(client_a):
+    r = client_a.responses.create(model="tiny-llama", input=SAY, max_output_tokens=3, temperature=0, store=False)
+    assert r.store is False and r.output_text
+    with pytest.raises(openai.NotFoundError):
+        client_a.responses.retrieve(r.id)
+    with pytest.raises(openai.NotFoundError) as e:
+        client_a.responses.create(model="tiny-llama", input="more", previous_response_id=r.id)
+    assert e.value.body["param"] == "previous_response_id"
+    streamed = list(client_a.responses.create(model="tiny-llama", input=SAY, max_output_tokens=3, store=False,
+                                              stream=True))
+    with pytest.raises(openai.NotFoundError):
+        client_a.responses.retrieve(streamed[-1].response.id)
+
+
+def test_another_projects_response_is_404_everywhere(client_a, client_b):
+    r = client_a.responses.create(model="tiny-llama", input=SAY, max_output_tokens=3, temperature=0,
+                                  metadata={"topic": "greeting"})
+    assert client_a.responses.retrieve(r.id).metadata == {"topic": "greeting"}
+    with pytest.raises(openai.NotFoundError):
+        client_b.responses.retrieve(r.id)
+    with pytest.raises(openai.NotFoundError):
+        client_b.responses.input_items.list(r.id)
+    with pytest.raises(openai.NotFoundError):
+        client_b.responses.delete(r.id)
+    with pytest.raises(openai.NotFoundError):
+        client_b.responses.create(model="tiny-llama", input="hi", previous_response_id=r.id)
+    assert client_a.responses.retrieve(r.id).id == r.id  # untouched by b's delete
+
+
+def test_delete(client_a):
+    r = client_a.responses.create(model="tiny-llama", input=SAY, max_output_tokens=3, temperature=0)
+    assert client_a.responses.delete(r.id) is None
+    with pytest.raises(openai.NotFoundError):
+        client_a.responses.retrieve(r.id)
+    with pytest.raises(openai.NotFoundError):
+        client_a.responses.delete(r.id)
+
+
+def test_message_items_and_content_parts_as_input(client_a):
+    r = client_a.responses.create(model="tiny-llama", max_output_tokens=4, temperature=0, input=[
+        {"role": "developer", "content": "Answer in French."},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Say "},
+                                                          {"type": "input_text", "text": "hello."}]},
+    ])
+    msgs = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Say hello."}]
+    assert r.output_text == _chat_text(client_a, msgs, 4)
+
+
+def test_unsupported_and_invalid_requests_are_400_naming_them(client_a):
+    cases = [({"reasoning": {"effort": "high"}}, "reasoning"),
+             ({"background": True}, "background"),
+             ({"truncation": "auto"}, "truncation"),
+             ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+             ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x"}]}]},
+              "input[0].content[0].type"),
+             ({"temperature": 3}, "temperature"),
+             ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema")]
+    for extra, param in cases:
+        kw = {"model": "tiny-llama", "input": SAY, **extra}
+        with pytest.raises(openai.BadRequestError) as e:
+            client_a.responses.create(**kw)
+        assert e.value.body["param"] == param, (extra, e.value.body)
+    with pytest.raises(openai.NotFoundError):
+        client_a.responses.create(model="no-such-model", input=SAY)
