@@ -212,8 +212,18 @@ def main(job_id: str, owner: str) -> int:
         else:  # a bug or an unexpected library error: name it, do not blame the user's data
             traceback.print_exc()
             fail(job_id, f"{type(e).__name__}: {e}", code)
+    _clean_scratch(job_id)
     _after(job_id)
     return 0
+
+
+def _clean_scratch(job_id: str) -> None:
+    """With an object store the job's local folder is scratch: everything worth keeping is published."""
+    storage = get_storage()
+    if storage.remote:
+        import shutil
+
+        shutil.rmtree(storage.writable_dir(f"jobs/{job_id}"), ignore_errors=True)
 
 
 def _after(job_id: str) -> None:
