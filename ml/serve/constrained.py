@@ -45,6 +45,10 @@ def check_schema(schema: Any, where: str) -> None:
         return
     if not isinstance(schema, dict):
         raise InvalidRequest(f"{where}: a JSON schema must be an object")
+    if "format" in schema:  # the grammar of a format ignores length and pattern bounds
+        for key in ("minLength", "maxLength", "pattern"):
+            if key in schema:
+                raise InvalidRequest(f"{where}.{key}: cannot be combined with format")
     for key, value in schema.items():
         here = f"{where}.{key}"
         if key not in SUPPORTED_KEYWORDS:

@@ -81,6 +81,7 @@ class ToolCallStream:
         self._head_end = -1
         self._call: ToolCall | None = None
         self._newlines = ""  # content newlines held back
+        self._scan = 0  # where to look for the close marker in the current block
 
     @property
     def content(self) -> str | None:
@@ -102,10 +103,16 @@ class ToolCallStream:
                     yield from self._content(self._buf[:i])
                 self._buf = self._buf[i + len(_OPEN) :]
                 self._in_call, self._block, self._sent_args, self._head_end, self._call = True, "", 0, -1, None
+                self._scan = 0
                 continue
             self._block += self._buf
             self._buf = ""
-            j = self._block.find(_CLOSE)
+            j = self._block.find(_CLOSE, self._scan)
+            while j >= 0 and not self._complete(self._block[:j]):
+                # no call ends here: the marker is inside a string argument, or the block is malformed
+                # (then it stays open and becomes content at finish())
+                self._scan = j + 1
+                j = self._block.find(_CLOSE, self._scan)
             if j < 0:
                 body = self._block[: len(self._block) - _partial_suffix(self._block, _CLOSE)]
             else:
@@ -139,6 +146,17 @@ class ToolCallStream:
         if body:
             self.content_parts.append(body)
             yield ContentDelta(body)
+
+    def _complete(self, body: str) -> bool:
+        """Whether a block's text up to a close marker is one whole call of a known tool."""
+        m = _HEAD.match(body)
+        if not m or not _is_call(body[m.end() :]):
+            return False
+        try:
+            name = json.loads(m.group(1))
+        except ValueError:
+            return False
+        return self.names is None or name in self.names
 
     def _progress(self, body: str):
         if self._call is None:
