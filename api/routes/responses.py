@@ -17,6 +17,7 @@ from api import metrics
 from api.deps import ProjectDep, SessionDep
 from api.errors import APIError, BadRequest
 from api.services import responses as svc
+from api.services.completion import ChatDelta
 from api.services.models import visible_model
 from api.services.serving import ServingHub
 from chatforge.db.session import session_factory
@@ -44,7 +45,7 @@ def _check(body: svc.ResponseCreateRequest) -> None:
         raise BadRequest(f"{bad[0]}: {bad[1]}", param=bad[0], code="unsupported_parameter")
 
 
-async def _events(builder: svc.ResponseBuilder, deltas: AsyncIterator[svc.GenerationDelta],
+async def _events(builder: svc.ResponseBuilder, deltas: AsyncIterator[ChatDelta],
                   engine_id: str) -> AsyncIterator[dict[str, Any]]:
     """Every stream event of one response, the final one included."""
     for ev in builder.start():
@@ -95,6 +96,7 @@ async def create_response(body: svc.ResponseCreateRequest, request: Request, ses
 
     gen = await svc.generate(_hub(request), row, messages, tools=tools, tool_choice=tool_choice,
                          response_format=svc.chat_response_format(fmt), max_tokens=body.max_output_tokens,
+                         parallel_tool_calls=body.parallel_tool_calls,
                          temperature=1.0 if body.temperature is None else body.temperature,
                          top_p=1.0 if body.top_p is None else body.top_p)
     builder = svc.ResponseBuilder(body=body, fmt=fmt, previous_response_id=body.previous_response_id)

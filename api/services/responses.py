@@ -7,18 +7,16 @@ does not generate: the text and tool-call deltas come from the same path as /v1/
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from api.errors import APIError, BadRequest, NotFound, RateLimited
+from api.errors import APIError, BadRequest, NotFound
 from chatforge.db.models import Project, StoredResponse
 
 # Parameters of POST /v1/responses this server does not implement (400 naming them when set), and
@@ -38,7 +36,6 @@ UNSUPPORTED = {
     "prompt_cache_key": None,
     "prompt_cache_retention": None,
     "stream_options": None,
-    "parallel_tool_calls": None,
 }
 
 
@@ -58,6 +55,7 @@ class ResponseCreateRequest(BaseModel):
     metadata: dict[str, str] | None = None
     stream: bool = False
     truncation: Literal["disabled", "auto"] | None = None
+    parallel_tool_calls: bool = True
 
     def unsupported(self) -> tuple[str, str] | None:
         if self.truncation == "auto":
@@ -297,7 +295,7 @@ class ResponseBuilder:
             "background": False, "error": self.error,
             "incomplete_details": {"reason": self.incomplete_reason} if self.incomplete_reason else None,
             "instructions": b.instructions, "max_output_tokens": b.max_output_tokens, "model": b.model,
-            "output": [dict(it) for it in self.output], "parallel_tool_calls": True,
+            "output": [dict(it) for it in self.output], "parallel_tool_calls": b.parallel_tool_calls,
             "previous_response_id": self.previous_response_id,
             "temperature": 1.0 if b.temperature is None else b.temperature,
             "top_p": 1.0 if b.top_p is None else b.top_p,
@@ -400,61 +398,33 @@ def sse(event: dict[str, Any]) -> str:
 
 # ---- generation (the chat completions path) ---------------------------------------------------------
 
-@dataclass
-class ToolCallDelta:
-    index: int
-    id: str | None
-    name: str | None
-    arguments: str
-
-
-@dataclass
-class GenerationDelta:
-    text: str = ""
-    tool_calls: list[ToolCallDelta] = field(default_factory=list)
-    finish_reason: str | None = None  # "stop" | "length" | "tool_calls" on the last delta
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass
-class Generation:
-    engine_id: str
-    deltas: AsyncIterator[GenerationDelta]
-    cancel: Callable[[], None]
+def _responses_param(param: str | None) -> str | None:
+    """A chat-completions field name as the Responses request spells it."""
+    if param is None:
+        return None
+    if param.startswith("response_format"):
+        rest = param.removeprefix("response_format").removeprefix(".json_schema")
+        return "text.format" + rest
+    if param.startswith("tools[") and ".function" in param:
+        return param.replace(".function", "", 1)
+    return param
 
 
 async def generate(hub, row, messages: list[dict[str, Any]], *, tools, tool_choice, response_format,
-                   max_tokens: int | None, temperature: float, top_p: float) -> Generation:
-    """Start generating a chat reply; errors before the first token (busy engine, context too long)
-    are raised here as API errors."""
-    from ml.serve import EngineBusy, GenerationRequest, ServeError
+                   parallel_tool_calls: bool, max_tokens: int | None, temperature: float, top_p: float):
+    """Start generating a chat reply through api.services.completion (the chat completions path).
+    Errors before the first token (bad tools or schema, busy engine, context too long) are raised here,
+    naming the Responses field."""
+    from api.services.completion import start_chat
 
-    if tools and tool_choice != "none":
-        raise BadRequest("tools: tool calling is not supported by the built-in engine yet", param="tools",
-                         code="unsupported_parameter")
-    if response_format is not None:
-        raise BadRequest("text.format: only the text format is supported by the built-in engine yet",
-                         param="text.format", code="unsupported_parameter")
     target = hub.target(row)
-    engine = await asyncio.to_thread(hub.engine_for, target)
-    prompt_ids = await asyncio.to_thread(hub.prompt_ids, engine, target, messages)
     try:
-        handle = engine.submit(GenerationRequest(prompt_ids=prompt_ids, adapter=target.adapter,
-                                                 max_tokens=max_tokens, temperature=temperature, top_p=top_p))
-    except EngineBusy as e:
-        raise RateLimited(f"The server is busy: {e}", code="engine_busy") from None
-    except ServeError as e:
-        raise APIError(str(e), status=e.status, code=e.code) from None
-
-    async def deltas() -> AsyncIterator[GenerationDelta]:
-        n = 0
-        async for ev in handle:
-            n += len(ev.token_ids)
-            if ev.finish_reason is not None and ev.finish_reason not in ("stop", "length"):
-                why = ev.error or f"generation ended with {ev.finish_reason!r}"
-                raise APIError(f"generation failed: {why}", status=500, code="engine_error")
-            yield GenerationDelta(text=ev.text, finish_reason=ev.finish_reason, prompt_tokens=len(prompt_ids),
-                                  completion_tokens=n)
-
-    return Generation(engine_id=target.engine_id, deltas=deltas(), cancel=handle.cancel)
+        return await start_chat(hub, target, messages, tools=tools, tool_choice=tool_choice,
+                                response_format=response_format, parallel_tool_calls=parallel_tool_calls,
+                                max_tokens=max_tokens, temperature=temperature, top_p=top_p)
+    except APIError as e:
+        param = _responses_param(e.param)
+        if param != e.param:
+            e.message = e.message.replace(e.param, param, 1) if e.param in e.message else e.message
+            e.param = param
+        raise

@@ -7,14 +7,31 @@ max_output_tokens; SmolLM2 answers (and stops) where a test needs a real convers
 """
 
 import asyncio
+import json
 
+import jsonschema
 import openai
+import pydantic
 import pytest
 
 SAY = "Say hello to the world."
 CAPITAL = "What is the capital of France?"
 TEXT_EVENTS = ["response.created", "response.in_progress", "response.output_item.added",
                "response.content_part.added"]
+SMOL = "smollm2-135m-instruct"
+WEATHER = {"type": "function", "name": "get_weather", "description": "Get the current weather in a city",
+           "strict": True, "parameters": {
+               "type": "object", "additionalProperties": False, "required": ["city", "unit"],
+               "properties": {"city": {"type": "string", "maxLength": 40},
+                              "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}}}
+TIME = {"type": "function", "name": "get_time", "description": "Get the local time in a city", "strict": True,
+        "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                       "properties": {"city": {"type": "string", "maxLength": 40}}}}
+TOOLS = [WEATHER, TIME]
+SCHEMAS = {t["name"]: t["parameters"] for t in TOOLS}
+ASK = "What is the weather like in Paris today?"
+CHAT_TOOLS = [{"type": "function", "function": {k: t[k] for k in ("name", "description", "parameters", "strict")}}
+              for t in TOOLS]
 TEXT_END = ["response.output_text.done", "response.content_part.done", "response.output_item.done"]
 
 
@@ -214,3 +231,131 @@ def test_unsupported_and_invalid_requests_are_400_naming_them(client_a):
         assert e.value.body["param"] == param, (extra, e.value.body)
     with pytest.raises(openai.NotFoundError):
         client_a.responses.create(model="no-such-model", input=SAY)
+
+
+def _check_call(item) -> None:
+    assert item.type == "function_call" and item.call_id.startswith("call_") and item.id.startswith("fc_")
+    assert item.status == "completed"
+    jsonschema.validate(json.loads(item.arguments), SCHEMAS[item.name])
+
+
+def test_function_tool_call_then_its_output_continues(client_a):
+    r = client_a.responses.create(model=SMOL, input=ASK, tools=TOOLS, tool_choice="required", temperature=0,
+                                  max_output_tokens=120, parallel_tool_calls=False)
+    assert r.status == "completed" and r.output_text == ""
+    [call] = r.output
+    _check_call(call)
+    chat = client_a.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": ASK}],
+                                            tools=CHAT_TOOLS, tool_choice="required", temperature=0,
+                                            max_tokens=120, parallel_tool_calls=False)
+    same = chat.choices[0].message.tool_calls[0].function  # the same generation path
+    assert (same.name, same.arguments) == (call.name, call.arguments)
+    assert r.usage.input_tokens == chat.usage.prompt_tokens
+
+    result = json.dumps({"temperature": 18, "sky": "sunny"})
+    answer = client_a.responses.create(model=SMOL, previous_response_id=r.id, tools=TOOLS, tool_choice="none",
+                                       temperature=0, max_output_tokens=40,
+                                       input=[{"type": "function_call_output", "call_id": call.call_id,
+                                               "output": result}])
+    assert answer.output[0].type == "message" and answer.output_text
+    items = list(client_a.responses.input_items.list(answer.id, order="asc"))
+    assert [i.type for i in items] == ["message", "function_call", "function_call_output"]
+    assert items[1].call_id == call.call_id and items[2].output == result
+    # the same conversation sent as items, without stored state, answers the same
+    explicit = client_a.responses.create(model=SMOL, tools=TOOLS, tool_choice="none", temperature=0,
+                                         max_output_tokens=40, input=[
+                                             {"role": "user", "content": ASK},
+                                             {"type": "function_call", "call_id": call.call_id, "name": call.name,
+                                              "arguments": call.arguments},
+                                             {"type": "function_call_output", "call_id": call.call_id,
+                                              "output": result}])
+    assert explicit.output_text == answer.output_text
+    assert explicit.usage.input_tokens == answer.usage.input_tokens
+    history = [{"role": "user", "content": ASK},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": call.call_id, "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments}}]},
+               {"role": "tool", "tool_call_id": call.call_id, "content": result}]
+    final = client_a.chat.completions.create(model=SMOL, messages=history, tools=CHAT_TOOLS, tool_choice="none",
+                                             temperature=0, max_tokens=40)
+    assert final.choices[0].message.content == answer.output_text
+
+
+def test_function_call_streamed_events(client_a):
+    events = list(client_a.responses.create(model=SMOL, input=ASK, tools=TOOLS, tool_choice="required",
+                                            temperature=0, max_output_tokens=120, parallel_tool_calls=False,
+                                            stream=True))
+    types = [e.type for e in events]
+    n = types.count("response.function_call_arguments.delta")
+    assert n > 2  # arguments arrive in several pieces
+    assert types == ["response.created", "response.in_progress", "response.output_item.added"] + \
+        ["response.function_call_arguments.delta"] * n + \
+        ["response.function_call_arguments.done", "response.output_item.done", "response.completed"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    added, done, final = events[2].item, events[-2].item, events[-1].response
+    assert added.type == "function_call" and added.arguments == "" and added.status == "in_progress"
+    args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert args == events[-3].arguments == done.arguments == final.output[0].arguments
+    assert added.id == done.id == final.output[0].id and added.call_id == done.call_id
+    _check_call(final.output[0])
+    with client_a.responses.stream(model=SMOL, input=ASK, tools=TOOLS, tool_choice="required", temperature=0,
+                                   max_output_tokens=120, parallel_tool_calls=False) as stream:
+        helped = stream.get_final_response()
+    [call] = helped.output
+    assert call.arguments == args and call.parsed_arguments == json.loads(args)  # strict tools are parsed
+
+
+def test_named_tool_choice_async(service, key_a):
+    async def main():
+        client = openai.AsyncOpenAI(base_url=service.v1, api_key=key_a, max_retries=0, timeout=600)
+        try:
+            return [await client.responses.create(model=SMOL, input=ASK, tools=TOOLS, temperature=1.0,
+                                                  max_output_tokens=120,
+                                                  tool_choice={"type": "function", "name": "get_time"})
+                    for _ in range(2)]
+        finally:
+            await client.close()
+
+    for r in asyncio.run(main()):
+        assert [i.name for i in r.output] == ["get_time"] and r.tool_choice.name == "get_time"
+        for item in r.output:
+            _check_call(item)
+
+
+class City(pydantic.BaseModel):
+    city: str = pydantic.Field(max_length=30)
+    country: str = pydantic.Field(max_length=30)
+
+
+def test_text_format_json_schema_returns_valid_json(client_a):
+    schema = City.model_json_schema() | {"additionalProperties": False}
+    r = client_a.responses.create(model=SMOL, input="Name a big city and its country.", temperature=0,
+                                  max_output_tokens=60, text={"format": {"type": "json_schema", "name": "city",
+                                                                          "schema": schema, "strict": True}})
+    assert r.status == "completed" and r.text.format.type == "json_schema"
+    jsonschema.validate(json.loads(r.output_text), schema)
+    parsed = client_a.responses.parse(model=SMOL, input="Name a big city and its country.", temperature=0,
+                                      max_output_tokens=60, text_format=City)
+    assert isinstance(parsed.output_parsed, City)
+    assert parsed.output_parsed.model_dump() == json.loads(r.output_text)
+    streamed = list(client_a.responses.create(model=SMOL, input="Name a big city and its country.",
+                                              temperature=0, max_output_tokens=60, stream=True,
+                                              text={"format": {"type": "json_schema", "name": "city",
+                                                               "schema": schema, "strict": True}}))
+    assert "".join(e.delta for e in streamed if e.type == "response.output_text.delta") == r.output_text
+    obj = client_a.responses.create(model=SMOL, input="Describe Paris as a JSON object.", temperature=0,
+                                    max_output_tokens=80, text={"format": {"type": "json_object"}})
+    if obj.status == "completed":
+        assert isinstance(json.loads(obj.output_text), dict)
+
+
+def test_schema_problems_name_the_responses_field(client_a):
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client_a.responses.create(model="tiny-llama", input=SAY,
+                                  text={"format": {"type": "json_schema", "name": "x", "schema": schema}})
+    assert e.value.body["param"] == "text.format.schema.properties.tags.uniqueItems"
+    with pytest.raises(openai.BadRequestError) as e:
+        client_a.responses.create(model="tiny-llama", input=SAY, tools=TOOLS,
+                                  tool_choice={"type": "function", "name": "nope"})
+    assert e.value.body["param"] == "tool_choice"
