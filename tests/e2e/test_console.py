@@ -678,5 +678,52 @@ def test_models_page_deletes_a_fine_tuned_model(page, service, key, trained):
     assert fine_tuned not in [m["id"] for m in api(service, key, "GET", "/models")["data"]]
 
 
+PLAYGROUND_TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "required": ["city", "unit"], "properties": {
+        "city": {"type": "string", "maxLength": 40}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}}}}]
+PLAYGROUND_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["city", "country"],
+                     "properties": {"city": {"type": "string", "maxLength": 30},
+                                    "country": {"type": "string", "maxLength": 30}}}
+
+
+def test_playground_tools_and_json_schema_boxes(page):
+    """SmolLM2 with a tools list and tool choice "required": the reply shows the parsed call; with a JSON
+    schema the reply is JSON valid against it; bad JSON in a box is refused before anything is sent."""
+    import json
+
+    import jsonschema
+
+    go(page, "#/playground?model=smollm2-135m-instruct", "#pane-a")
+    page.fill("#temperature", "0")
+    page.fill("#max-tokens", "120")
+    page.click("#structured summary")
+    page.fill("#tools", "[not json")
+    _send(page, "What is the weather like in Paris today?")
+    page.wait_for_selector("#composer .notice.error:has-text('Invalid JSON')")
+    assert page.locator("#pane-a .msg").count() == 0
+    page.fill("#tools", json.dumps(PLAYGROUND_TOOLS))
+    page.select_option("#tool-choice", "required")
+    _send(page, "What is the weather like in Paris today?")
+    page.wait_for_selector("#pane-a .msg.assistant[data-state=done]", timeout=120_000)
+    call = page.locator("#pane-a .msg.assistant .tool-call").first
+    assert call.get_attribute("data-name") == "get_weather" and call.get_attribute("data-valid-json") == "true"
+    args = json.loads(call.locator("pre").inner_text())
+    jsonschema.validate(args, PLAYGROUND_TOOLS[0]["function"]["parameters"])
+    assert "calls get_weather" in call.inner_text()
+    shot(page, "console-playground-tools", full_page=False)
+
+    page.click("#clear")
+    page.fill("#tools", "")
+    page.fill("#json-schema", json.dumps(PLAYGROUND_SCHEMA))
+    _send(page, "Name a big city and its country.")
+    page.wait_for_selector("#pane-a .msg.assistant[data-state=done]", timeout=120_000)
+    reply = page.locator("#pane-a .msg.assistant").first
+    assert reply.get_attribute("data-valid-json") == "true"
+    jsonschema.validate(json.loads(reply.locator(".text").inner_text()), PLAYGROUND_SCHEMA)
+    page.fill("#json-schema", "")
+    assert page.js_errors == []
+
+
 def test_no_script_errors(page):
     assert page.js_errors == []

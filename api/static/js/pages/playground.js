@@ -117,6 +117,7 @@ export async function render(root, [query]) {
   const system = h("textarea", { id: "system", rows: "2", placeholder: "You are a helpful assistant." });
   const tools = h("textarea", { id: "tools", rows: "4", spellcheck: "false",
     placeholder: '[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]' });
+  const toolChoice = h("select", { id: "tool-choice" }, ["auto", "required", "none"].map((c) => h("option", { value: c }, c)));
   const schema = h("textarea", { id: "json-schema", rows: "4", spellcheck: "false",
     placeholder: '{"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}' });
   const prompt = h("textarea", { id: "prompt", rows: "3", required: true, placeholder: "Ask something… (Enter sends, Shift+Enter for a new line)" });
@@ -136,6 +137,7 @@ export async function render(root, [query]) {
       h("details", { class: "advanced", id: "structured" }, h("summary", {}, "Tools and structured output"),
         h("div", { class: "grid" },
           field("Tools (JSON list of function tools)", tools, "The reply shows each tool call and its arguments."),
+          field("Tool choice", toolChoice, "required: the reply is a call whose arguments match the tool's schema."),
           field("JSON schema of the reply (response_format)", schema, "The reply is JSON valid against it.")))),
     panes, form);
 
@@ -160,6 +162,7 @@ export async function render(root, [query]) {
         const list = JSON.parse(tools.value);
         if (!Array.isArray(list)) throw new Error("Tools must be a JSON list of function tools.");
         settings.tools = list;
+        settings.tool_choice = toolChoice.value;
       }
       if (schema.value.trim()) {
         const parsed = JSON.parse(schema.value);
