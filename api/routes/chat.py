@@ -1,8 +1,9 @@
 """POST /v1/chat/completions and /v1/completions: OpenAI's wire format, streamed as server-sent
-events, served by the continuous-batching engine (ml.serve) through api.services.serving.
+events, served by the continuous-batching engine (ml.serve). Chat generation (tools, tool_choice,
+response_format) is api.services.completion, shared with /v1/responses; this module only speaks the wire.
 
 A request whose client goes away is cancelled (its engine rows are freed at the next step), streamed
-or not. Only "stop" and "length" reach clients as finish reasons: a generation the engine ended with
+or not. Only "stop", "length" and "tool_calls" reach clients as finish reasons: a generation the engine ended with
 an error (or cancelled on its own) is a 5xx error body, or an error event once a stream has begun.
 """
 
