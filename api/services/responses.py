@@ -300,7 +300,7 @@ class ResponseBuilder:
             "temperature": 1.0 if b.temperature is None else b.temperature,
             "top_p": 1.0 if b.top_p is None else b.top_p,
             "tool_choice": b.tool_choice if b.tool_choice is not None else "auto",
-            "tools": [{"strict": True, "description": None, **t} for t in (b.tools or [])],
+            "tools": [{"description": None, "strict": None, **t} for t in (b.tools or [])],
             "text": {"format": self.fmt}, "truncation": "disabled", "usage": self.usage,
             "metadata": b.metadata or {}, "store": b.store, "user": None,
         }
