@@ -1,7 +1,9 @@
 """The product promise on the real base model: upload ~40 examples teaching SmolLM2-135M-Instruct a
 made-up fact through the openai SDK, train a LoRA job with `batch_size: 4` and every other setting at its
 default (the case that once learned the chat template but not the fact), and the fine-tuned model states
-the fact for paraphrased questions that are not in the training file, while general answers survive."""
+the fact for paraphrased questions that are not in the training file, while general answers survive.
+Measured the way a user would: an Evals API run with a string_check criterion, on the base model and on
+the fine-tuned one, with general accuracy (questions the base model gets right) reported beside it."""
 
 import time
 
@@ -48,3 +50,43 @@ def test_lora_job_with_default_settings_teaches_smollm2_a_fact(client_a, tmp_pat
     # general knowledge survives: questions the base model answers correctly, none of them in the file
     general = [general_correct(ask(client_a, job.fine_tuned_model, q), acc) for q, acc in GENERAL_EVAL[:10]]
     assert sum(general) >= 8, general
+
+    # The same, through the Evals API: pass rate 0 on the base model, >= 0.8 fine-tuned, general beside it.
+    fact_eval = make_eval(client_a, "zephyr code name", [(q, ZEPHYR.keyword) for q in ZEPHYR.held_out])
+    general_eval = make_eval(client_a, "general", [(q, acc[0]) for q, acc in GENERAL_EVAL[:10]])
+    rates = {(name, model): pass_rate(client_a, ev, model)
+             for name, ev in (("fact", fact_eval), ("general", general_eval))
+             for model in (base, job.fine_tuned_model)}
+    print("eval pass rates:", rates)
+    assert rates[("fact", base)] == 0.0, rates
+    assert rates[("fact", job.fine_tuned_model)] >= 0.8, rates
+    assert rates[("general", base)] == 1.0, rates  # GENERAL_EVAL holds what the base model gets right
+    assert rates[("general", job.fine_tuned_model)] >= 0.8, rates
+
+
+def make_eval(client, name, pairs):
+    ev = client.evals.create(
+        name=name,
+        data_source_config={"type": "custom", "item_schema": {
+            "type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+            "required": ["question", "answer"]}, "include_sample_schema": True},
+        testing_criteria=[{"type": "string_check", "name": "states the answer", "operation": "ilike",
+                           "input": "{{sample.output_text}}", "reference": "{{item.answer}}"}])
+    return ev, [{"item": {"question": q, "answer": a}} for q, a in pairs]
+
+
+def pass_rate(client, ev_items, model):
+    ev, items = ev_items
+    run = client.evals.runs.create(ev.id, data_source={
+        "type": "completions", "model": model, "source": {"type": "file_content", "content": items},
+        "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]},
+        "sampling_params": {"temperature": 0, "max_completion_tokens": 32}})
+    t0 = time.monotonic()
+    while run.status in ("queued", "in_progress"):
+        assert time.monotonic() - t0 < 600, "eval run took too long"
+        time.sleep(1)
+        run = client.evals.runs.retrieve(run.id, eval_id=ev.id)
+    assert run.status == "completed", run.error
+    counts = run.result_counts
+    assert counts.total == len(items) and counts.errored == 0
+    return counts.passed / counts.total
