@@ -255,7 +255,7 @@ def test_cancel_and_delete_run(chaos_client):
 @pytest.fixture(scope="module")
 def trained(client_a, tmp_path_factory):
     pref = client_a.files.create(file=write_jsonl(tmp_path_factory.mktemp("pw") / "pref.jsonl",
-                                                  preference_rows(8)).open("rb"), purpose="fine-tune").id
+                                                  preference_rows(10)).open("rb"), purpose="fine-tune").id
 
     def train(mtype, settings):
         job = client_a.fine_tuning.jobs.create(model="tiny-llama", training_file=pref,

@@ -244,7 +244,16 @@ def test_tokenizer_may_be_given_as_a_path(tiny_model_path):
 
 
 def test_tool_calls_the_template_drops_are_flagged(tok):
+    # SmolLM2's template has no tools section: the ChatForge tool format renders the calls (no warning)
     r = inspect_file(DATASETS / "openai_chat_toolcall_train.jsonl", tokenizer=tok)
+    assert r.ok and not r.warnings
+    # a template that takes `tools` but drops the assistant's tool_calls is flagged
+    drops = copy.deepcopy(tok)
+    drops.chat_template = (
+        "{% if tools %}<|im_start|>system\nYou may call {{ tools | length }} tools.<|im_end|>\n{% endif %}"
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] or '' }}<|im_end|>\n{% endfor %}"
+    )
+    r = inspect_file(DATASETS / "openai_chat_toolcall_train.jsonl", tokenizer=drops)
     assert r.ok
     assert str(r.warnings[-1]).startswith(
         "line 1: the base model's chat template does not render tool calls: in 36 examples"
