@@ -1,7 +1,7 @@
 """Alembic environment: the URL comes from the caller (chatforge.migrate) or the settings."""
 
 from alembic import context
-from sqlalchemy import pool, create_engine
+from sqlalchemy import create_engine, pool
 
 from chatforge.db.models import Base
 

@@ -7,8 +7,9 @@ Format detection and conversion live in ml.data; this module only defines the ta
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 
 class DataError(ValueError):

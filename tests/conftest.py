@@ -5,9 +5,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.support.models import CACHE, smollm2_dir, tiny_llama_dir  # noqa: E402
+from tests.support.models import CACHE, smollm2_dir, tiny_llama_dir
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +20,7 @@ def tiny_model_path():
     return tiny_llama_dir()
 
 
-from tests.support.service import postgres_database, redis_database, start_service  # noqa: E402
+from tests.support.service import postgres_database, redis_database, start_service
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ from chatforge.settings import get_settings
 
 app = get_celery()
 
-import workers.tasks  # noqa: E402,F401  (registers the tasks on `app`)
-import workers.files  # noqa: E402,F401  (file validation task and the upload/file janitor)
+import workers.files
+import workers.tasks  # noqa: F401  (registers the tasks on `app`)
 
 log = logging.getLogger("chatforge.worker")
 _stop = threading.Event()

@@ -17,10 +17,10 @@ from sqlalchemy import or_, select
 
 from chatforge.db.models import EvalRun, FineTuningJob, Worker, utcnow
 from chatforge.db.session import session_scope
+from chatforge.jobstate import add_event, finish
 from chatforge.queue import RUN_EVAL, enqueue_job
 from chatforge.settings import Settings
 from workers.capabilities import detect, worker_id
-from chatforge.jobstate import add_event, finish
 
 log = logging.getLogger("chatforge.reconciler")
 

@@ -16,10 +16,10 @@ import sys
 
 from chatforge.db.models import FineTuningJob
 from chatforge.db.session import session_scope
+from chatforge.jobstate import add_event, finish
 from chatforge.settings import Settings
 from workers import lease
 from workers.capabilities import worker_id
-from chatforge.jobstate import add_event, finish
 
 log = logging.getLogger("chatforge.worker")
 

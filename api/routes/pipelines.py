@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.deps import ProjectDep, SessionDep
 from api.errors import Conflict, NotFound
@@ -19,7 +20,6 @@ from api.services import jobs as svc
 from chatforge.db.models import Pipeline, utcnow
 from chatforge.jobstate import add_event, finish
 from chatforge.pipelines import STAGES, stage_jobs
-from sqlalchemy.orm import Session
 
 router = APIRouter(prefix="/v1/fine_tuning", tags=["pipelines"])
 

@@ -10,11 +10,11 @@ from sqlalchemy.orm import Session
 
 from api.errors import BadRequest, NotFound
 from api.services.models import visible_model
+from chatforge import jobconfig
 from chatforge.db.models import FineTuningJob, Project, StoredFile, Worker, utcnow
+from chatforge.jobconfig import METHOD_KINDS, ONLINE_RL
 from chatforge.jobstate import add_event, finish
 from chatforge.queue import enqueue_after_commit
-from chatforge import jobconfig
-from chatforge.jobconfig import METHOD_KINDS, ONLINE_RL
 from ml.config import ConfigError
 
 OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")

@@ -4,10 +4,10 @@ Revision ID: 0001
 Revises: 
 Create Date: 2026-11-25 21:58:38.857889
 """
-from alembic import op
 import sqlalchemy as sa
-import chatforge.db.models
+from alembic import op
 
+import chatforge.db.models
 
 revision = '0001'
 down_revision = None

@@ -9,7 +9,7 @@ import time
 
 import openai
 
-from tests.support.service import ROOT, base_env, free_port, wait_http, Proc
+from tests.support.service import ROOT, Proc, base_env, free_port, wait_http
 
 
 def test_serve_fresh_data_dir(tmp_path):
@@ -23,7 +23,7 @@ def test_serve_fresh_data_dir(tmp_path):
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc, timeout=300)
         text = log.read_text()
-        key = re.search(r"^\s+(cf-\S+)$", text, re.M).group(1)
+        key = re.search(r"^\s+(cf-\S+)$", text, re.MULTILINE).group(1)
         assert "converting GGUF to safetensors" in text
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         models = client.models.list()
