@@ -62,7 +62,7 @@ def test_data_page_follows_a_file_validated_in_the_background(browser, backgroun
     page.wait_for_selector("#dropzone")
 
     path = tmp_path / "big.jsonl"
-    n = write_big(path, 20)
+    n = write_big(path, 64)  # a few seconds of worker reading: the page polls every 1.5 s
     page.set_input_files("#upload-input", str(path))
     page.wait_for_selector("#file-status:has-text('Validating on a worker')")
     seen = set()

@@ -76,13 +76,15 @@ def test_worker_killed_mid_job_resumes_from_last_checkpoint(chaos, client, train
     messages = [e.message for e in events]
     assert any("stopped responding" in m for m in messages)
     assert any("Resuming from the last checkpoint" in m for m in messages)
-    steps = [e.data["step"] for e in reversed(events) if e.type == "metrics"]
-    restarts = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
-    assert len(restarts) == 1, steps
-    resumed_at = steps[restarts[0]]
-    # the second attempt continues after a checkpoint (a multiple of 4), never from step 1
-    assert resumed_at > 1 and (resumed_at - 1) % 4 == 0, steps
-    assert steps.count(1) == 1 and steps[-1] == 30
+    timeline = list(reversed(events))  # oldest first
+    resumed = next(i for i, e in enumerate(timeline) if "Resuming from the last checkpoint" in e.message)
+    first = [e.data["step"] for e in timeline[:resumed] if e.type == "metrics"]
+    second = [e.data["step"] for e in timeline[resumed:] if e.type == "metrics"]
+    assert first[0] == 1 and first == sorted(first) and first[-1] >= 9, first
+    # the second attempt continues right after a checkpoint (a multiple of 4), never from step 1; it may
+    # replay the steps the first attempt ran after that checkpoint (the kill can also land just after one)
+    assert second and (second[0] - 1) % 4 == 0 and 5 <= second[0] <= first[-1] + 1, (first, second)
+    assert second == sorted(second) and second[-1] == 30, second
     assert job.model_extra["attempts"] == 2
     assert len([m for m in client.models.list().data if m.id == job.fine_tuned_model]) == 1
 
