@@ -8,7 +8,7 @@ from dataclasses import replace
 from chatforge.db.models import FineTuningJob
 from chatforge.db.session import session_scope
 from chatforge.jobconfig import config_for
-from workers.runner import JobContext, JobInputError, record_stopped, record_success
+from workers.outcome import JobContext, JobInputError, record_stopped, record_success
 
 
 def run_supervised_job(ctx: JobContext, sink) -> None:
