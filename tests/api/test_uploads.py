@@ -83,7 +83,10 @@ def test_parquet_of_a_real_sample_trains(client_a, service, key_a, tmp_path):
 
 
 def test_cli_uploads_big_files_in_parts(service, key_a, tmp_path):
-    from chatforge.client_cli import Server, print_report, upload_in_parts
+    from rich.console import Console
+
+    from chatforge.client.files import print_report, upload_bar, upload_in_parts
+    from chatforge.client.server import Server
 
     rows = sft_rows(24)
     for r in rows:  # about 2.5 MB: three parts of 1 MB
@@ -91,7 +94,8 @@ def test_cli_uploads_big_files_in_parts(service, key_a, tmp_path):
     path = write_jsonl(tmp_path / "big.jsonl", rows)
     srv = Server(service.base_url, key_a)
     bar = io.StringIO()
-    f = upload_in_parts(srv, str(path), 1, out=bar)
+    with upload_bar(Console(file=bar, width=100), "big.jsonl", path.stat().st_size) as on_progress:
+        f = upload_in_parts(srv, str(path), 1, on_progress)
     assert f.status == "processed" and f.bytes == path.stat().st_size
     assert "100%" in bar.getvalue()
     out = io.StringIO()

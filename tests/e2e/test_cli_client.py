@@ -179,7 +179,8 @@ def test_chat_reads_piped_turns_until_exit(service, cli_env):
 def test_chat_session_keeps_the_conversation(service, cli_env):
     import io
 
-    from chatforge.client_cli import ChatSession, Server
+    from chatforge.client.chat import ChatSession
+    from chatforge.client.server import Server
 
     chat = ChatSession(Server(service.base_url, cli_env["CHATFORGE_API_KEY"]), "tiny-llama", system="Be brief.",
                        max_tokens=5)
