@@ -18,6 +18,7 @@ _LAZY = {
     "run_ppo": "ml.rl.ppo",
     "run_rloo": "ml.rl.online",
     "run_grpo": "ml.rl.online",
+    "run_online": "ml.rl.online",
     "load_reward_model": "ml.rl.reward_model",
     "score": "ml.rl.reward_model",
     "RLResult": "ml.rl.result",

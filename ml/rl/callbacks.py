@@ -37,14 +37,6 @@ ONLINE_METRICS = {
 }
 
 
-def quiet_console(trainer) -> None:
-    """Drop the Trainer's console printer/progress bar: everything goes to the sink instead."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-
-
 class RLSinkCallback(SinkCallback):
     """SinkCallback that also sends the trl metrics named in `names` (trl key -> sink name)."""
 

@@ -9,9 +9,7 @@ atomically, resumed exactly), cancel/pause through the JobSink, and the final ad
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -29,19 +27,13 @@ from ml.rl.ppo_math import (
 )
 from ml.rl.ppo_policy import ActorCritic
 from ml.rl.prompts import read_prompts
-from ml.rl.result import CHECKPOINTS, FINAL, RLResult
+from ml.rl.recipe import RLRun
+from ml.rl.result import RLResult
 from ml.rl.reward_source import RewardSource, as_reward_fn
 from ml.rl.rollout import Rollouts, collect_rollouts
-from ml.rl.start import load_start_causal_lm, load_start_tokenizer, resolve_start, write_policy_adapter
-from ml.train.checkpoints import (
-    atomic_dir,
-    checkpoint_dir,
-    clean_partial,
-    complete_checkpoints,
-    latest_checkpoint,
-    rotate,
-)
-from ml.train.trainable import count_parameters, save_trained
+from ml.rl.start import load_start_causal_lm, write_policy_adapter
+from ml.train.checkpoints import atomic_dir, checkpoint_dir, latest_checkpoint, rotate
+from ml.train.recipe import Outcome, log_model_ready, stop_status
 
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.json"  # the name ml.train.checkpoints looks for in a complete checkpoint
@@ -110,10 +102,11 @@ def ppo_update(model: ActorCritic, optimizer, r: Rollouts, cfg: PPOConfig, step:
 
 
 def _save_checkpoint(
-    model: ActorCritic, optimizer, ckpt_dir: Path, step: int, cfg: PPOConfig, metrics: dict[str, float]
+    model: ActorCritic, optimizer, ckpt_dir: Path, step: int, run: RLRun, metrics: dict[str, float]
 ) -> Path:
+    cfg: PPOConfig = run.cfg
     final = checkpoint_dir(ckpt_dir, step)
-    with atomic_dir(final, {"step": step, "method": "ppo"}) as tmp:
+    with atomic_dir(final, {"step": step, **run.identity}) as tmp:
         model.save_trainable(tmp)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         rng = {"torch": torch.get_rng_state()}
@@ -159,37 +152,22 @@ def run_ppo(
     With `valid_file` (prompts), the result's metrics include valid_mean_reward and valid_kl of the
     trained policy on those prompts.
     """
-    base_model, output_dir = Path(base_model), Path(output_dir)
-    ckpt_dir = output_dir / CHECKPOINTS
-    start = resolve_start(base_model)
-    tokenizer = load_start_tokenizer(start)
+    run = RLRun.begin("ppo", cfg, base_model, output_dir, sink, resume)
+    tokenizer = run.tokenizer
     prompts = read_prompts(prompts_file)
     reward_fn = as_reward_fn(reward)
     sink.log(
         f"PPO: {len(prompts)} prompts, {cfg.steps} steps of {cfg.rollouts_per_step} rollouts.",
         data={"n_prompts": len(prompts), "config": cfg.to_dict()},
     )
-
-    torch.manual_seed(cfg.seed)
-    model = ActorCritic.build(load_start_causal_lm(start), cfg.lora, cfg.sampling, cfg.bf16)
+    model = ActorCritic.build(load_start_causal_lm(run.start), cfg.lora, cfg.sampling, cfg.bf16)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.learning_rate)
-    trainable, total = count_parameters(model)
-    sink.log(
-        f"Policy ready: {trainable:,} of {total:,} parameters trainable (LoRA + value head).",
-        data={"trainable_params": trainable, "total_params": total},
-    )
+    log_model_ready(sink, "Policy ready (LoRA + value head)", model)
 
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    clean_partial(ckpt_dir)
-    if not resume:
-        for _, p in complete_checkpoints(ckpt_dir):
-            shutil.rmtree(p)
-    step = 0
-    found = latest_checkpoint(ckpt_dir) if resume else None
+    ckpt_dir, found = run.open_checkpoints()
+    step = _load_checkpoint(model, optimizer, found) if found is not None else 0
     if found is not None:
-        step = _load_checkpoint(model, optimizer, found)
         sink.log(f"Resumed from checkpoint at step {step} of {cfg.steps}.", data={"step": step})
-
     metrics: dict[str, float] = {}
     stopped = None
     while step < cfg.steps:
@@ -205,7 +183,7 @@ def run_ppo(
             sink.log(f"Cancel requested: stopping at step {step} of {cfg.steps}.")
             break
         if stopped == "pause" or step % cfg.checkpoint_interval == 0 or step == cfg.steps:
-            path = _save_checkpoint(model, optimizer, ckpt_dir, step, cfg, metrics)
+            path = _save_checkpoint(model, optimizer, ckpt_dir, step, run, metrics)
             sink.checkpoint(step, path, metrics)
             sink.log(
                 f"Checkpoint saved at step {step} of {cfg.steps}. Sample reply: {rollouts.texts[0][:200]!r}",
@@ -215,39 +193,19 @@ def run_ppo(
             sink.log(f"Training paused at step {step} of {cfg.steps}.")
             break
 
-    common = {
-        "method": "ppo",
-        "base_model": start.base,
-        "steps": step,
-        "total_steps": cfg.steps,
-        "metrics": metrics,
-        "checkpoint": latest_checkpoint(ckpt_dir),
-        "config": cfg,
-    }
-    if stopped in ("cancel", "pause"):
-        return RLResult(status="cancelled" if stopped == "cancel" else "paused", model_dir=None, **common)
-
+    status = stop_status(stopped, step, cfg.steps)
+    outcome = Outcome(status, step, cfg.steps, metrics, latest_checkpoint(ckpt_dir))
+    if not outcome.succeeded:
+        return run.result(outcome)
     if valid_file is not None:
         valid = evaluate_policy(model, tokenizer, read_prompts(valid_file), reward_fn, cfg)
         if valid:
             metrics.update(valid)
             sink.metrics(step, valid, cfg.steps)
-    meta = {
-        "base_model": str(start.base),
-        "started_from": str(base_model),
-        "method": "ppo",
-        "adapter": "lora",
-        "is_adapter": True,
-        "step": step,
-        "metrics": metrics,
-        "config": cfg.to_dict(),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    final = save_trained(
-        output_dir / FINAL, tokenizer, meta, lambda d: write_policy_adapter(model.policy, start, d)
-    )
+    final = run.save(lambda d: write_policy_adapter(model.policy, run.start, d), "lora", step,
+                     metrics=metrics)
     sink.log(f"Training finished: {step} steps. Saved the adapter to {final}.", data={"path": str(final)})
-    return RLResult(status="succeeded", model_dir=final, **common)
+    return run.result(outcome, final, metrics)
 
 
 @torch.no_grad()

@@ -1,8 +1,9 @@
 """Preference files as token ids: canonical PreferenceExample JSONL rendered once through ml.data.render.
 
 Owns reading a preference file into (prompt_ids, chosen_ids, rejected_ids) rows, with counts for the
-job log, and the two row shapes trl's trainers take already tokenised: reward-model rows (chosen_ids /
-rejected_ids = whole sequences) and DPO rows (prompt_ids + completions). No tokenisation happens here
+job log (load_preference_splits: a run's training and validation files), and the two row shapes trl's
+trainers take already tokenised: reward-model rows (chosen_ids / rejected_ids = whole sequences) and
+DPO rows (prompt_ids + completions). No tokenisation happens here
 beyond calling render_preference, so training and serving see identical prompts.
 """
 
@@ -12,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ml.data.render import render_preference
-from ml.records import PreferenceExample, read_canonical
+from ml.events import JobSink
+from ml.records import DataError, PreferenceExample, read_canonical
 
 
 @dataclass
@@ -71,3 +73,24 @@ def load_preferences(tokenizer, path: str | Path, max_length: int | None) -> Pre
         split.rejected_ids.append(r)
         split.examples.append(ex)
     return split
+
+
+def load_preference_splits(
+    tokenizer, train_file: str | Path, valid_file: str | Path | None, max_length: int, sink: JobSink
+) -> tuple[PreferenceSplit, PreferenceSplit | None]:
+    """The training and validation pairs of a run, each described in the job log; no validation split
+    when there is no file or no usable pair in it. Raises DataError when no training pair is usable."""
+    splits: list[PreferenceSplit | None] = []
+    for name, path in (("Training", train_file), ("Validation", valid_file)):
+        split = load_preferences(tokenizer, path, max_length) if path else None
+        if split is not None:
+            sink.log(
+                f"{name} file: {split.describe()}.",
+                data={"pairs": len(split), "tokens": split.n_tokens, "truncated": split.n_truncated,
+                      "skipped": split.n_skipped},
+            )
+        splits.append(split if split else None)
+    train, valid = splits
+    if train is None:
+        raise DataError("the training file has no usable preference pair")
+    return train, valid

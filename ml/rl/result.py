@@ -1,7 +1,6 @@
 """What an RLHF recipe returns, shaped like ml.train.sft.TrainResult so workers record both the same way.
 
-Owns the RLResult dataclass and the output-folder names the RL recipes share with SFT
-(output_dir/checkpoints/checkpoint-N while training, output_dir/model once it succeeded).
+Owns the RLResult dataclass and the names of the RL methods; the output layout is ml.train.recipe's.
 """
 
 from __future__ import annotations
@@ -10,9 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-CHECKPOINTS = "checkpoints"
-FINAL = "model"
-Status = Literal["succeeded", "paused", "cancelled"]
+from ml.train.recipe import Status
+
 Method = Literal["reward_model", "dpo", "ppo", "rloo", "grpo"]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,13 @@ def write_policy_adapter(policy, start: StartPoint, folder: str | Path) -> None:
     else:
         _save_stacked(policy, start, folder)
     _set_base(folder, start.base)
+
+
+def policy_writer(policy, start: StartPoint, adapter: str) -> Callable[[str], None]:
+    """write_weights for save_trained: the policy adapter over the original base ("lora"), or the model."""
+    if adapter == "lora":
+        return lambda folder: write_policy_adapter(policy, start, folder)
+    return lambda folder: policy.save_pretrained(folder)
 
 
 def _set_base(adapter_dir: Path, base: Path) -> None:

@@ -165,7 +165,7 @@ def test_trl_accepts_every_batch_size(method, batch, tmp_path):
     import trl
 
     from ml.rl.online import _method_fields
-    from ml.rl.trainer_args import trl_args
+    from ml.rl.recipe import trl_args
 
     cls, trl_cls = {"reward_model": (RewardModelConfig, trl.RewardConfig), "dpo": (DPOConfig, trl.DPOConfig),
                     "rloo": (RLOOConfig, trl.RLOOConfig), "grpo": (GRPOConfig, trl.GRPOConfig)}[method]
