@@ -8,6 +8,7 @@ from dataclasses import replace
 from chatforge.db.models import FineTuningJob
 from chatforge.db.session import session_scope
 from chatforge.jobconfig import config_for
+from workers.distributed import gpus_here, processes_for, run_supervised_ranks
 from workers.outcome import JobContext, JobInputError, record_stopped, record_success
 
 
@@ -19,8 +20,14 @@ def run_supervised_job(ctx: JobContext, sink) -> None:
     if ctx.base.is_adapter:
         raise JobInputError("supervised training on top of an adapter model is not supported yet; start from "
                             f"its base model {ctx.base.root}", param="model")
-    res = run_supervised(cfg, ctx.model_path(ctx.base), ctx.file_path(job.training_file),
-                         ctx.file_path(job.validation_file), ctx.output_dir, sink, resume=True)
+    args = (ctx.model_path(ctx.base), ctx.file_path(job.training_file), ctx.file_path(job.validation_file),
+            ctx.output_dir, sink)
+    gpus = gpus_here()
+    n = processes_for(job.num_processes, gpus)
+    if n > 1:
+        res = run_supervised_ranks(cfg, n, *args, gpus=gpus)
+    else:
+        res = run_supervised(cfg, *args, resume=True)
     if res.status != "succeeded":
         record_stopped(job.id, res.status, res.steps)
         return

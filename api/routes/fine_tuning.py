@@ -37,6 +37,9 @@ class CreateJob(BaseModel):
     hyperparameters: dict[str, Any] | None = None
     integrations: list[Any] | None = None
     device: str | None = Field(None, description='"cuda" to require a GPU worker; default any worker')
+    num_processes: int | None = Field(None, ge=1, le=64, description=(
+        "training processes (one per GPU; on CPU, gloo ranks); default: every GPU of the worker, or 1. "
+        "Supervised jobs only"))
 
 
 def job_object(j: FineTuningJob) -> dict:
@@ -67,6 +70,7 @@ def job_object(j: FineTuningJob) -> dict:
         "step": j.step,
         "total_steps": j.total_steps,
         "attempts": j.attempts,
+        "num_processes": j.num_processes,
         "requested": j.requested,
         "result": j.result,
         "pipeline_id": j.pipeline_id,

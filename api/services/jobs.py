@@ -55,6 +55,10 @@ def create_job(session: Session, project: Project, req: dict[str, Any], *, pipel
     if req.get("hyperparameters"):  # OpenAI's legacy top-level hyperparameters
         body["hyperparameters"] = {**req["hyperparameters"], **(body.get("hyperparameters") or {})}
     config = build_config(mtype, body)
+    num_processes = req.get("num_processes")
+    if num_processes not in (None, 1) and mtype != "supervised":
+        raise BadRequest(f"num_processes: only supervised jobs run on several processes; a {mtype} job runs on "
+                         "one (leave num_processes unset or 1)", param="num_processes")
     extras = {k: body[k] for k in jobconfig.NOT_HYPERPARAMETERS if k in body}
 
     base = visible_model(session, project, req["model"])
@@ -103,7 +107,7 @@ def create_job(session: Session, project: Project, req: dict[str, Any], *, pipel
         project_id=project.id, model=base.id, method=echoed, training_file=train.id,
         validation_file=valid.id if valid else None, extra_files=extra_files, suffix=suffix,
         seed=int(req.get("seed") if req.get("seed") is not None else getattr(config, "seed", 42)),
-        user_metadata=metadata, status="validating_files", requires=requires,
+        user_metadata=metadata, status="validating_files", requires=requires, num_processes=num_processes,
         pipeline_id=pipeline_id, pipeline_stage=stage,
     )
     session.add(job)

@@ -124,6 +124,8 @@ class FineTuningJob(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     result_files: Mapped[list[Any]] = mapped_column(default=list)
     requires: Mapped[str] = mapped_column(String(16), default="cpu")  # cpu|cuda: which workers may run it
+    # training processes (ranks); None: one per GPU of a CUDA worker, else 1
+    num_processes: Mapped[int | None] = mapped_column(Integer, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(255), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)

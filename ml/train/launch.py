@@ -1,11 +1,14 @@
-"""Command-line entry for a supervised run in its own process (single process, or one rank of a multi-GPU
+"""Command-line entry for a supervised run in its own process (single process, or one rank of a multi-process
 launch from ml.train.distributed.build_launch_command), talking to its parent through files.
 
 Owns FileSink: events appended as JSON lines to a file, control read from a small file the parent
 writes ("cancel" or "pause"). It does not know about jobs or databases; the parent tails the events.
+Rank 0 writes OUT/result.json on success and OUT/error.json when the run raised (what kind of error, so
+the parent can report a data or settings problem as such).
 
     python -m ml.train.launch --config cfg.json --base-model DIR --train-file train.jsonl \
-        --output-dir OUT [--valid-file valid.jsonl] [--events OUT/events.jsonl] [--control OUT/control]
+        --output-dir OUT [--valid-file valid.jsonl] [--events OUT/events.jsonl] [--control OUT/control] \
+        [--die-with-parent]
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -66,6 +70,32 @@ def read_events(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def die_with_parent(sig: int) -> None:
+    """Ask Linux to send `sig` to this process when its parent exits (no orphaned ranks)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux
+        pass
+
+
+def describe_error(e: BaseException) -> dict[str, Any]:
+    """What the parent needs to report a rank's failure: its kind (data, config, oom, other) and words."""
+    import torch
+
+    from ml.config import ConfigError
+    from ml.records import DataError
+
+    if isinstance(e, ConfigError):
+        return {"kind": "config", "param": e.param, "message": e.message}
+    if isinstance(e, DataError):
+        return {"kind": "data", "message": str(e)}
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return {"kind": "oom", "message": f"{type(e).__name__}: {e}"}
+    return {"kind": "other", "message": f"{type(e).__name__}: {e}"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m ml.train.launch", description="Run one supervised fine-tune."
@@ -78,24 +108,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", help="events JSONL (default OUTPUT/events.jsonl)")
     ap.add_argument("--control", help="control file (default OUTPUT/control)")
     ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--die-with-parent", action="store_true",
+                    help="Linux: this process is killed when its parent (the launcher) dies")
     a = ap.parse_args(argv)
+    if a.die_with_parent:
+        die_with_parent(signal.SIGKILL)
 
     from ml.config import SupervisedConfig
     from ml.train.sft import run_supervised
 
     out = Path(a.output_dir)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     sink = FileSink(a.events or out / "events.jsonl", a.control or out / "control")
-    cfg = SupervisedConfig.from_dict(json.loads(Path(a.config).read_text()))
-    result = run_supervised(
-        cfg,
-        Path(a.base_model),
-        Path(a.train_file),
-        Path(a.valid_file) if a.valid_file else None,
-        out,
-        sink,
-        resume=not a.no_resume,
-    )
-    if int(os.environ.get("RANK", "0")) == 0:
+    try:
+        cfg = SupervisedConfig.from_dict(json.loads(Path(a.config).read_text()))
+        result = run_supervised(
+            cfg,
+            Path(a.base_model),
+            Path(a.train_file),
+            Path(a.valid_file) if a.valid_file else None,
+            out,
+            sink,
+            resume=not a.no_resume,
+        )
+    except Exception as e:
+        if main_rank:
+            (out / "error.json").write_text(json.dumps(describe_error(e)))
+        raise
+    if main_rank:
         summary = {
             "status": result.status,
             "model_dir": str(result.model_dir) if result.model_dir else None,
@@ -105,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             "trained_tokens": result.trained_tokens,
             "metrics": result.metrics,
             "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+            "config": result.config.to_dict() if result.config else None,
+            "runtime": result.runtime,
         }
         (out / "result.json").write_text(json.dumps(summary, indent=2))
     return 0
