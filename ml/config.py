@@ -1,7 +1,8 @@
 """Training hyperparameters: the single definition, with a docstring per field and checks on construction.
 
-Owns the frozen dataclasses (LoraSettings, QuantSettings, DeepSpeedSettings, SupervisedConfig), their
-dict form (from_dict/to_dict, naming bad params by dotted path) and `resolve_auto`, which turns
+Owns the frozen dataclasses (LoraSettings, QuantSettings, DeepSpeedSettings, SupervisedConfig), the field
+rules every config module describes its fields with (integer, number, choice, flag, optional, nested),
+their dict form (from_dict/to_dict, naming bad params by dotted path) and `resolve_auto`, which turns
 OpenAI-style "auto" values into numbers from the dataset size. It does not look at hardware or files;
 the API builds its request schemas from these classes and the worker passes them to the recipes.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 Auto = Literal["auto"]
 AUTO = "auto"
@@ -45,6 +46,11 @@ class ConfigError(ValueError):
 
 _OR_AUTO = ' or "auto"'
 
+# How a config field is described: `name: type = field(default=..., metadata=<rule>)`, then its docstring.
+# A rule (integer, number, choice, flag, optional, nested) holds the check run on construction:
+# check(param name, value) raises ConfigError naming the param.
+Rule = dict[str, Any]
+
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -54,51 +60,102 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _int(name: str, v: Any, lo: int, hi: int | None = None, auto: bool = False) -> None:
-    if auto and v == AUTO:
-        return
-    if not _is_int(v) or v < lo or (hi is not None and v > hi):
-        rng = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-        raise ConfigError(name, f"must be {rng}{_OR_AUTO if auto else ''}, got {v!r}")
+def integer(lo: int, hi: int | None = None, auto: bool = False) -> Rule:
+    """An integer in [lo, hi] (no upper bound when hi is None); with auto, "auto" too."""
+
+    def check(name: str, v: Any) -> None:
+        if auto and v == AUTO:
+            return
+        if not _is_int(v) or v < lo or (hi is not None and v > hi):
+            rng = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+            raise ConfigError(name, f"must be {rng}{_OR_AUTO if auto else ''}, got {v!r}")
+
+    return {"check": check}
 
 
-def _num(name: str, v: Any, lo: float, hi: float, lo_open: bool = False, auto: bool = False) -> None:
-    if auto and v == AUTO:
-        return
-    ok = _is_num(v) and math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
-    if not ok:
-        bound = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
-        raise ConfigError(name, f"must be a number in {bound}{_OR_AUTO if auto else ''}, got {v!r}")
+def number(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False, auto: bool = False) -> Rule:
+    """A finite number between lo and hi, each bound closed unless said open; with auto, "auto" too."""
+
+    def check(name: str, v: Any) -> None:
+        if auto and v == AUTO:
+            return
+        ok = _is_num(v) and math.isfinite(v)
+        ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok:
+            bound = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+            raise ConfigError(name, f"must be a number in {bound}{_OR_AUTO if auto else ''}, got {v!r}")
+
+    return {"check": check}
 
 
-def _choice(name: str, v: Any, options: tuple) -> None:
-    if v not in options:
-        raise ConfigError(name, f"must be one of {', '.join(map(repr, options))}, got {v!r}")
+def choice(*options: Any) -> Rule:
+    """One of `options`."""
+
+    def check(name: str, v: Any) -> None:
+        if v not in options:
+            raise ConfigError(name, f"must be one of {', '.join(map(repr, options))}, got {v!r}")
+
+    return {"check": check}
 
 
-def _bool(name: str, v: Any, auto: bool = False) -> None:
-    if not (isinstance(v, bool) or (auto and v == AUTO)):
-        raise ConfigError(name, f"must be true or false{_OR_AUTO if auto else ''}, got {v!r}")
+def flag(auto: bool = False) -> Rule:
+    """true or false; with auto, "auto" too."""
+
+    def check(name: str, v: Any) -> None:
+        if not (isinstance(v, bool) or (auto and v == AUTO)):
+            raise ConfigError(name, f"must be true or false{_OR_AUTO if auto else ''}, got {v!r}")
+
+    return {"check": check}
+
+
+def optional(rule: Rule) -> Rule:
+    """None (the field's "off" or "not set"), or what `rule` accepts."""
+    inner = rule["check"]
+
+    def check(name: str, v: Any) -> None:
+        if v is not None:
+            inner(name, v)
+
+    return {**rule, "check": check}
+
+
+def nested(cls: type, nullable: bool = False) -> Rule:
+    """A settings object of class `cls` (from_dict builds it from a dict); with nullable, None too."""
+
+    def check(name: str, v: Any) -> None:
+        if not (isinstance(v, cls) or (nullable and v is None)):
+            raise ConfigError(name, f"must be {cls.__name__}{' or null' if nullable else ''}")
+
+    return {"check": check, "nested": cls}
 
 
 class _DictMixin:
-    """from_dict/to_dict for these dataclasses; nested errors get a dotted param name.
+    """Checks on construction, from_dict/to_dict; nested errors get a dotted param name.
 
-    `_nested` maps a field to the settings class its dict form is built into (shared with ml.rl.config).
+    Every field with a rule is checked in declaration order, then `_check` runs the rules that relate
+    fields to each other. Shared with ml.rl.config.
     """
 
-    _nested: ClassVar[dict[str, type]] = {}
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            check = f.metadata.get("check")
+            if check is not None:
+                check(f.name, getattr(self, f.name))
+        self._check()
+
+    def _check(self) -> None:
+        """Rules between fields (a subclass adds its own after calling super()._check())."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None):
         d = dict(d or {})
-        known = {f.name: f for f in fields(cls)}
+        known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
         for key in d:
             if key not in known:
                 raise ConfigError(key, f"unknown parameter (known: {', '.join(sorted(known))})")
         kwargs = {}
         for name, value in d.items():
-            sub = cls._nested.get(name)
+            sub = known[name].metadata.get("nested")
             if sub is not None and isinstance(value, dict):
                 try:
                     value = sub.from_dict(value)
@@ -111,10 +168,10 @@ class _DictMixin:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in fields(self):
+        for f in fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
             if is_dataclass(v):
-                v = v.to_dict()
+                v = v.to_dict()  # type: ignore[union-attr]
             elif isinstance(v, tuple):
                 v = list(v)
             out[f.name] = v
@@ -125,20 +182,17 @@ class _DictMixin:
 class LoraSettings(_DictMixin):
     """Low-rank adapter shape (used by adapter "lora" and "qlora"; also by the RL recipes)."""
 
-    r: int = 16
+    r: int = field(default=16, metadata=integer(1, 1024))
     """Rank of the update matrices: capacity of the adapter (8-64 typical)."""
-    alpha: int = 32
+    alpha: int = field(default=32, metadata=integer(1, 4096))
     """Scaling numerator: the update is multiplied by alpha / r. Keep 32 when changing r: the calibrated
     learning rate then stays about right for any rank."""
-    dropout: float = 0.05
+    dropout: float = field(default=0.05, metadata=number(0.0, 0.9))
     """Dropout on the adapter input during training (0 disables)."""
     target_modules: str | tuple[str, ...] = "all-linear"
     """Which layers get adapters: "all-linear" (every linear except the output head) or module names."""
 
-    def __post_init__(self) -> None:
-        _int("r", self.r, 1, 1024)
-        _int("alpha", self.alpha, 1, 4096)
-        _num("dropout", self.dropout, 0.0, 0.9)
+    def _check(self) -> None:
         tm = self.target_modules
         if isinstance(tm, list):
             object.__setattr__(self, "target_modules", tuple(tm))
@@ -153,117 +207,81 @@ class LoraSettings(_DictMixin):
 class QuantSettings(_DictMixin):
     """How the frozen base weights are quantised for QLoRA (bitsandbytes)."""
 
-    bits: Literal[4, 8] = 4
+    bits: Literal[4, 8] = field(default=4, metadata=choice(4, 8))
     """4 (NF4 with double quantisation) or 8 (LLM.int8). Saves memory, not time."""
-
-    def __post_init__(self) -> None:
-        _choice("bits", self.bits, (4, 8))
 
 
 @dataclass(frozen=True)
 class DeepSpeedSettings(_DictMixin):
     """DeepSpeed ZeRO for full fine-tuning of models that do not fit one device."""
 
-    stage: Literal[2, 3] = 2
+    stage: Literal[2, 3] = field(default=2, metadata=choice(2, 3))
     """ZeRO stage: 2 shards optimizer state and gradients, 3 also shards the parameters."""
-    offload: bool = False
+    offload: bool = field(default=False, metadata=flag())
     """Keep optimizer state (and with stage 3 the parameters) in CPU memory: slower, much less GPU memory."""
-
-    def __post_init__(self) -> None:
-        _choice("stage", self.stage, (2, 3))
-        _bool("offload", self.offload)
 
 
 @dataclass(frozen=True)
 class SupervisedConfig(_DictMixin):
     """Supervised fine-tuning (SFT) of a chat model on conversations; OpenAI's hyperparameters plus more."""
 
-    adapter: Adapter = "lora"
+    adapter: Adapter = field(default="lora", metadata=choice("lora", "qlora", "full"))
     """What is trained: "lora" (small adapter), "qlora" (adapter over a 4/8-bit base) or "full" (all weights)."""
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata=nested(LoraSettings))
     """Adapter shape for "lora" and "qlora"."""
-    quant: QuantSettings = field(default_factory=QuantSettings)
+    quant: QuantSettings = field(default_factory=QuantSettings, metadata=nested(QuantSettings))
     """Base-weight quantisation for "qlora"."""
-    deepspeed: DeepSpeedSettings | None = None
+    deepspeed: DeepSpeedSettings | None = field(
+        default=None, metadata=nested(DeepSpeedSettings, nullable=True)
+    )
     """DeepSpeed ZeRO settings; None trains without DeepSpeed. Not combinable with "qlora"."""
 
-    n_epochs: int | Auto = AUTO
+    n_epochs: int | Auto = field(default=AUTO, metadata=integer(1, 100, auto=True))
     """Passes over the training file. "auto": 3, more for tiny files and fewer for huge ones (OpenAI's rule)."""
-    batch_size: int | Auto = AUTO
+    batch_size: int | Auto = field(default=AUTO, metadata=integer(1, 4096, auto=True))
     """Examples per optimizer step over all devices. "auto": about 0.2% of the examples, 1 to 256."""
-    micro_batch_size: int | Auto = AUTO
+    micro_batch_size: int | Auto = field(default=AUTO, metadata=integer(1, 1024, auto=True))
     """Examples per forward pass on one device (memory knob). "auto": about 2048 tokens' worth."""
-    gradient_accumulation: int | Auto = AUTO
+    gradient_accumulation: int | Auto = field(default=AUTO, metadata=integer(1, 4096, auto=True))
     """Forward passes per optimizer step; batch_size = micro_batch_size * gradient_accumulation * devices."""
-    learning_rate: float | None = None
+    learning_rate: float | None = field(default=None, metadata=optional(number(0.0, 1.0, lo_open=True)))
     """Peak learning rate. None: the adapter's base rate (LoRA 2e-4, full 2e-5) times the multiplier."""
-    learning_rate_multiplier: float | Auto = AUTO
+    learning_rate_multiplier: float | Auto = field(
+        default=AUTO, metadata=number(0.0, 100.0, lo_open=True, auto=True)
+    )
     """Scales the base learning rate (ignored if learning_rate is set). "auto": 2 at batch size 4, growing
     with sqrt(batch_size) within [1, 5] (LoRA: 4e-4 at batch 4), calibrated so small files are learned."""
-    lr_scheduler: Scheduler = "linear"
+    lr_scheduler: Scheduler = field(default="linear", metadata=choice(*SCHEDULERS))
     """Decay after warmup: "linear" (OpenAI's), "cosine", "constant" or "constant_with_warmup"."""
-    warmup_ratio: float = 0.03
+    warmup_ratio: float = field(default=0.03, metadata=number(0.0, 0.5))
     """Fraction of all steps spent warming the learning rate up from 0."""
-    weight_decay: float = 0.0
+    weight_decay: float = field(default=0.0, metadata=number(0.0, 1.0))
     """AdamW decoupled weight decay."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = field(default=1.0, metadata=number(0.0, 1e6))
     """Gradient clipping by global norm (0 disables)."""
-    max_seq_length: int = 2048
+    max_seq_length: int = field(default=2048, metadata=integer(16, 1 << 20))
     """Examples longer than this many tokens are cut at the end (counted and reported)."""
-    packing: bool = True
+    packing: bool = field(default=True, metadata=flag())
     """Put several examples in one row (position ids restart, so none attends to another) to skip padding;
     False pads each example to the longest of its micro-batch."""
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = field(default=False, metadata=flag())
     """Recompute activations in the backward pass: about 35% less memory, about 25% slower."""
-    bf16: bool | Auto = AUTO
+    bf16: bool | Auto = field(default=AUTO, metadata=flag(auto=True))
     """Train in bfloat16 autocast. "auto": on where the hardware supports it."""
-    max_steps: int | None = None
+    max_steps: int | None = field(default=None, metadata=optional(integer(1)))
     """Stop after this many optimizer steps (overrides n_epochs); for smoke tests and budgets."""
-    eval_interval: int | Auto = AUTO
+    eval_interval: int | Auto = field(default=AUTO, metadata=integer(1, auto=True))
     """Optimizer steps between validation-loss evaluations (also one at the end). "auto": ~10 per run."""
-    checkpoint_interval: int | Auto = AUTO
+    checkpoint_interval: int | Auto = field(default=AUTO, metadata=integer(1, auto=True))
     """Optimizer steps between checkpoints (also one at the end). "auto": each epoch, at most 250 steps apart."""
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = field(default=3, metadata=integer(1, 1000))
     """Newest complete checkpoints kept on disk; older ones are deleted."""
-    seed: int = 42
+    seed: int = field(default=42, metadata=integer(0, 2**32 - 1))
     """Seed for shuffling, dropout and adapter initialisation: same seed + data = same run."""
 
-    _nested: ClassVar[dict[str, type]] = {"lora": LoraSettings, "quant": QuantSettings,
-                                          "deepspeed": DeepSpeedSettings}
-
-    def __post_init__(self) -> None:
-        _choice("adapter", self.adapter, ("lora", "qlora", "full"))
-        for name, cls in (("lora", LoraSettings), ("quant", QuantSettings)):
-            if not isinstance(getattr(self, name), cls):
-                raise ConfigError(name, f"must be {cls.__name__}")
-        if self.deepspeed is not None:
-            if not isinstance(self.deepspeed, DeepSpeedSettings):
-                raise ConfigError("deepspeed", "must be DeepSpeedSettings or null")
-            if self.adapter == "qlora":
-                raise ConfigError(
-                    "deepspeed", "DeepSpeed cannot train a bitsandbytes-quantised (qlora) model"
-                )
-        _int("n_epochs", self.n_epochs, 1, 100, auto=True)
-        _int("batch_size", self.batch_size, 1, 4096, auto=True)
-        _int("micro_batch_size", self.micro_batch_size, 1, 1024, auto=True)
-        _int("gradient_accumulation", self.gradient_accumulation, 1, 4096, auto=True)
-        if self.learning_rate is not None:
-            _num("learning_rate", self.learning_rate, 0.0, 1.0, lo_open=True)
-        _num("learning_rate_multiplier", self.learning_rate_multiplier, 0.0, 100.0, lo_open=True, auto=True)
-        _choice("lr_scheduler", self.lr_scheduler, SCHEDULERS)
-        _num("warmup_ratio", self.warmup_ratio, 0.0, 0.5)
-        _num("weight_decay", self.weight_decay, 0.0, 1.0)
-        _num("max_grad_norm", self.max_grad_norm, 0.0, 1e6)
-        _int("max_seq_length", self.max_seq_length, 16, 1 << 20)
-        _bool("packing", self.packing)
-        _bool("gradient_checkpointing", self.gradient_checkpointing)
-        _bool("bf16", self.bf16, auto=True)
-        if self.max_steps is not None:
-            _int("max_steps", self.max_steps, 1)
-        _int("eval_interval", self.eval_interval, 1, auto=True)
-        _int("checkpoint_interval", self.checkpoint_interval, 1, auto=True)
-        _int("keep_checkpoints", self.keep_checkpoints, 1, 1000)
-        _int("seed", self.seed, 0, 2**32 - 1)
+    def _check(self) -> None:
+        if self.deepspeed is not None and self.adapter == "qlora":
+            raise ConfigError("deepspeed", "DeepSpeed cannot train a bitsandbytes-quantised (qlora) model")
         self._check_batch_split()
 
     def _check_batch_split(self) -> None:
