@@ -36,15 +36,15 @@ def train_file(client, tmp_path_factory):
     return client.files.create(file=p.open("rb"), purpose="fine-tune")
 
 
-def training_children(job_id: str) -> list[int]:
-    """Pids of live `python -m workers.runner JOB_ID ...` processes."""
+def training_children(job_id: str, module: bytes = b"workers.runner") -> list[int]:
+    """Pids of live `python -m <module> ...` processes whose command line names the job."""
     pids = []
     for d in Path("/proc").iterdir():
         try:
             argv = (d / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"workers.runner" in argv and job_id.encode() in argv:
+        if module in argv and any(job_id.encode() in a for a in argv):
             pids.append(int(d.name))
     return pids
 
@@ -99,3 +99,23 @@ def test_broker_emptied_while_queued_reconciler_runs_it(chaos, client, train_fil
     chaos.start_worker()
     job = wait_status(client, job.id, TERMINAL, timeout=300)
     assert job.status == "succeeded", job.error
+
+
+def test_worker_killed_under_a_two_process_job_leaves_no_rank_and_resumes(chaos, client, train_file):
+    m = method(40, 4)
+    m["supervised"]["hyperparameters"]["n_epochs"] = 10
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id, method=m,
+                                         extra_body={"num_processes": 2})
+    wait_step(client, job.id, 5)
+    launcher = training_children(job.id, b"torch.distributed.run")
+    assert len(launcher) == 1 and len(set(training_children(job.id, b"ml.train.launch")) - set(launcher)) == 2
+    chaos.workers[-1].kill9()  # worker -> runner (SIGKILL) -> torchrun (SIGTERM) -> ranks (SIGKILL)
+    wait_until(lambda: not training_children(job.id) and not training_children(job.id, b"ml.train.launch")
+               and not training_children(job.id, b"torch.distributed.run"), what="no rank left behind")
+    chaos.start_worker()
+    job = wait_status(client, job.id, TERMINAL, timeout=600)
+    assert job.status == "succeeded", job.error
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data]
+    assert any("Resuming from the last checkpoint" in m for m in messages)
+    assert sum("Launching 2 training processes" in m for m in messages) == 2
+    assert job.model_extra["step"] == 40 and job.model_extra["attempts"] == 2
