@@ -49,6 +49,11 @@ def model_dir(storage: Storage, row: Model) -> Path:
         return p
 
 
+def model_location(storage: Storage, row: Model) -> str:
+    """Where a model's weights live (a linked folder, or the stored folder), without fetching them."""
+    return row.source or "" if row.settings.get("linked") else storage.location(row.storage_key)
+
+
 def register_base(
     session: Session, name: str, storage_key: str, source: str, *, linked: bool = False,
     dtype: str | None = None, quantization: str = "none",

@@ -176,12 +176,12 @@ def models_add(
 @models_app.command("list")
 def models_list() -> None:
     """List the installed base models (a table on a terminal, tab-separated when piped)."""
-    from chatforge.basemodels import list_base, model_dir
+    from chatforge.basemodels import list_base, model_location
 
-    rows: list[list[str]] = []
-    _models(lambda s, storage: rows.extend([m.id, m.source, str(model_dir(storage, m)), str(m.settings)]
+    rows: list[list[str]] = []  # where each model is stored; listing fetches nothing from an object store
+    _models(lambda s, storage: rows.extend([m.id, m.source, model_location(storage, m), str(m.settings)]
                                            for m in list_base(s)))
-    print_rows(["ID", "SOURCE", "FOLDER", "SETTINGS"], rows)
+    print_rows(["ID", "SOURCE", "LOCATION", "SETTINGS"], rows)
 
 
 # -- serve and worker ---------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class Storage(Protocol):
     def list_folders(self, key: str) -> list[str]: ...
     def delete(self, key: str) -> None: ...
     def size(self, key: str) -> int: ...
+    def location(self, key: str) -> str: ...  # where the key lives, for people (fetches nothing)
 
 
 class TooLarge(Exception):
@@ -70,6 +71,9 @@ class LocalStorage:
 
     def _path(self, key: str) -> Path:
         return self.root / _safe_key(key)
+
+    def location(self, key: str) -> str:
+        return str(self._path(key))
 
     def put_stream(self, key: str, stream: BinaryIO, max_bytes: int | None = None) -> int:
         """Copy a stream in chunks to a temporary file, then rename: readers never see half a file,
@@ -211,6 +215,9 @@ class S3Storage:
     def _obj(self, key: str) -> str:
         k = _safe_key(key)
         return f"{self.prefix}/{k}" if self.prefix else k
+
+    def location(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._obj(key)}"
 
     def _missing(self, e: Exception) -> bool:
         code = getattr(e, "response", {}).get("Error", {}).get("Code")

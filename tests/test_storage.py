@@ -187,6 +187,16 @@ def test_paths_inside_a_folder_and_listing(storage, tmp_path):
     assert storage.size("jobs/j/checkpoints/checkpoint-8/adapter/config.json") == len('{"tag": "a"}')
 
 
+def test_location_names_the_stored_folder_without_fetching_it(s3_env, tmp_path):
+    writer = _s3(s3_env, tmp_path / "w", "where")
+    writer.put_dir("models/base/m", _folder(tmp_path / "m", 2, "m"))
+    reader = _s3(s3_env, tmp_path / "r", "where")
+    assert reader.location("models/base/m") == f"s3://{reader.bucket}/{reader._obj('models/base/m')}"
+    assert reader.cached_bytes() == 0  # nothing was downloaded to say where it is
+    local = LocalStorage(tmp_path / "plain")
+    assert local.location("models/base/m") == str(tmp_path.resolve() / "plain" / "models" / "base" / "m")
+
+
 def test_delete(storage, tmp_path):
     storage.put_stream("files/d/raw", _bytes(b"abc"))
     storage.put_stream("files/d/canonical", _bytes(b"def"))
