@@ -54,7 +54,7 @@ def load_causal_lm(
     path: str | Path,
     dtype: Dtype = "float32",
     quantization: Quantization = "none",
-    device_map: str | None = None,
+    device_map: str | dict[str, int] | None = None,
 ):
     """Load a causal LM from a local safetensors folder. Always a fresh object (never cached)."""
     from transformers import AutoModelForCausalLM

@@ -43,6 +43,14 @@ def quiet_bitsandbytes() -> None:
     warnings.filterwarnings("ignore", message=".*inputs will be cast from.*")
 
 
+def rank_device_map() -> dict[str, int] | None:
+    """Where a quantised model loads on a multi-GPU launch: each rank's own GPU (bitsandbytes places the
+    weights at load time, before the Trainer could move them); None elsewhere."""
+    if torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return None
+
+
 def load_trainable_model(
     base_model: str | Path,
     adapter: str,
@@ -62,7 +70,8 @@ def load_trainable_model(
 
         quiet_bitsandbytes()
         bits = (quant or QuantSettings()).bits
-        model = load_causal_lm(base_model, "bfloat16" if bf16 else "float32", quantization=f"{bits}bit")
+        model = load_causal_lm(base_model, "bfloat16" if bf16 else "float32", quantization=f"{bits}bit",
+                               device_map=rank_device_map())
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=gradient_checkpointing,

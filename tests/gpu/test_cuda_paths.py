@@ -35,3 +35,17 @@ def test_deepspeed_zero3_on_cuda(tmp_path, tiny_model_path):
                                       "max_steps": 2, "batch_size": 4, "max_seq_length": 64})
     res = run_supervised(cfg, tiny_model_path, _data(tmp_path), None, tmp_path / "out", PrintSink(False))
     assert res.status == "succeeded" and list(res.model_dir.glob("*.safetensors"))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("variant", [{"adapter": "qlora", "quant": {"bits": 4}}, {"adapter": "lora"},
+                                     {"adapter": "full", "deepspeed": {"stage": 2}}])
+def test_two_ranks_on_two_gpus(tmp_path, tiny_model_path, variant):
+    """The worker's multi-process path on NCCL (the CPU suite runs it on gloo: tests/api/test_multiprocess.py);
+    QLoRA loads each rank's quantised copy on its own GPU (ml.train.trainable.rank_device_map)."""
+    from workers.distributed import run_supervised_ranks
+
+    cfg = SupervisedConfig.from_dict({**variant, "max_steps": 3, "batch_size": 4, "max_seq_length": 64})
+    res = run_supervised_ranks(cfg, 2, tiny_model_path, _data(tmp_path), None, tmp_path / "out", PrintSink(False),
+                               gpus=torch.cuda.device_count())
+    assert res.status == "succeeded" and res.steps == 3 and res.model_dir.exists()
