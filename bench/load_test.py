@@ -127,10 +127,10 @@ async def run_load(base_url: str, key: str, models: list[str], clients: int, dur
     async def probe() -> None:
         async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}) as h:
             while time.monotonic() < end:
-                for path in probes:
+                for path, times in probes.items():
                     s = time.monotonic()
                     r = await h.get(path, timeout=30)
-                    probes[path].append(time.monotonic() - s)
+                    times.append(time.monotonic() - s)
                     if r.status_code >= 500:
                         stats["5xx"] += 1
                 await asyncio.sleep(0.5)
