@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ml.data.formats import FORMATS, FormatSpec, detect_record
 from ml.data.hub import DatasetSourceError, inspect_hub_dataset, load_hub_dataset
-from ml.data.inspect import inspect_file, inspect_rows
+from ml.data.inspect import check_head, inspect_file, inspect_rows
 from ml.data.report import Problem, ValidationReport
 
 
@@ -26,6 +26,7 @@ __all__ = [
     "FormatSpec",
     "Problem",
     "ValidationReport",
+    "check_head",
     "detect_record",
     "inspect_file",
     "inspect_hub_dataset",

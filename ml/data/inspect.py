@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ml.data.formats import FLAN_COLUMNS, KNOWN_COLUMNS
+from ml.data.limits import HEAD_CHECK_BYTES
 from ml.data.pipeline import Options, resolve_format, run_source
-from ml.data.report import DEFAULT_MIN_EXAMPLES, ValidationReport
-from ml.data.sources import open_file, rows_source
+from ml.data.report import DEFAULT_MIN_EXAMPLES, Problem, ValidationReport
+from ml.data.sources import open_file, parse_line, rows_source
+from ml.data.text_lines import LAZY
 
 
 def _tokenizer(tokenizer):
@@ -87,3 +89,17 @@ def inspect_rows(
     return run_source(
         source, _options(forced_format, tokenizer, max_length, out_path, max_errors, min_examples)
     )
+
+
+def check_head(path: str | Path, head_bytes: int = HEAD_CHECK_BYTES) -> Problem | None:
+    """The first problem in about the first head_bytes of (decompressed) text, or None: a cheap look
+    for a file too large to validate at once, so that an unreadable one (binary, a line or record over
+    the size limit, JSON nested too deeply, bad UTF-8, a decompression bomb) is refused at upload.
+    Archives and Parquet are not looked into; the record formats are not checked."""
+    source = open_file(path, KNOWN_COLUMNS, FLAN_COLUMNS, head_bytes=head_bytes)
+    for item in source.open_items():
+        if item.value is LAZY:
+            item = parse_line(item)
+        if item.problem is not None:
+            return item.problem
+    return None

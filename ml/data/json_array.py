@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+from ml.data.limits import MAX_RECORD_BYTES, record_too_large
 from ml.data.report import Problem
 from ml.data.text_lines import ChunkDecoder, RawItem, iter_chunks
 
 _WS = json.decoder.WHITESPACE  # the regex json itself uses to skip whitespace
 CHUNK_BYTES = 1 << 20
-MAX_RECORD_CHARS = 64 << 20  # one record larger than this is refused rather than buffered
+MAX_RECORD_CHARS = MAX_RECORD_BYTES  # one record larger than this is refused rather than buffered
 _NEAR_END = 64  # a parse failure this close to the buffer end may just mean "read more"
 COMPACT_AT = 1 << 20  # drop consumed text from the buffer once this much has accumulated
 
@@ -133,16 +134,16 @@ def read_json_array(stream) -> Iterator[RawItem]:
             try:
                 value, end = decoder.raw_decode(buf.text, buf.pos)
                 break
+            except RecursionError:
+                yield _error(buf, record, buf.pos, "invalid JSON: arrays or objects nested too deeply "
+                             "(hundreds of levels) in this record, which starts at column {col}")
+                return
             except json.JSONDecodeError as e:
                 near_end = e.pos >= len(buf.text) - _NEAR_END or e.msg.startswith("Unterminated string")
                 if near_end and not buf.eof:
                     if len(buf.text) - buf.pos > MAX_RECORD_CHARS:
-                        yield _error(
-                            buf,
-                            record,
-                            buf.pos,
-                            "the record is larger than 64 MB (or a string in it is never closed)",
-                        )
+                        yield _error(buf, record, buf.pos, record_too_large(
+                            "the record", "is a string in it never closed? split long records"))
                         return
                     buf.fill()
                     continue

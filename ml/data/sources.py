@@ -19,6 +19,17 @@ from typing import Any
 import orjson
 
 from ml.data.json_array import read_json_array
+from ml.data.limits import (
+    MAX_DECOMPRESSED_BYTES,
+    MAX_GZIP_RATIO,
+    MAX_RECORD_BYTES,
+    RATIO_AFTER_BYTES,
+    BoundedStream,
+    HeadDone,
+    LimitExceeded,
+    mib,
+    record_too_large,
+)
 from ml.data.report import Problem
 from ml.data.tabular import first_line_kind, read_csv, read_tsv
 from ml.data.text_lines import LAZY, RawItem, decode_line
@@ -29,6 +40,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 ROW_CONTAINERS = ("parquet", "arrow")  # problems there say "row N"
 PROGRESS_EVERY = 1024  # items between progress callbacks
 HEAD_BYTES = 64 * 1024
+MAX_ARCHIVE_MEMBERS = 10_000
 _STREAM_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
 
 
@@ -81,8 +93,14 @@ def _sniff(head: bytes) -> tuple[str | None, str | None]:
 
 
 def _read_jsonl(stream) -> Iterator[RawItem]:
-    """Lines as LAZY items: the validation pass parses each one (parse_line) or takes a fast path."""
-    for n, raw in enumerate(stream, start=1):
+    """Lines as LAZY items: the validation pass parses each one (parse_line) or takes a fast path.
+    A line longer than MAX_RECORD_BYTES stops reading (it is never held whole)."""
+    n = 0
+    while raw := stream.readline(MAX_RECORD_BYTES + 1):
+        n += 1
+        if len(raw) > MAX_RECORD_BYTES:
+            yield RawItem(None, n, None, Problem(n, None, None, record_too_large("the line")), fatal=True)
+            return
         if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         if raw.isspace() or not raw:
@@ -103,6 +121,8 @@ def parse_line(item: RawItem) -> RawItem:
     text = text.rstrip("\r\n")
     try:
         value = json.loads(text)
+    except RecursionError:
+        return RawItem(None, n, None, Problem(n, None, None, TOO_DEEP))
     except json.JSONDecodeError as e:
         msg = f"invalid JSON ({e.msg}, column {e.colno})"
         if n == 1 and text.strip() == "{":
@@ -114,6 +134,7 @@ def parse_line(item: RawItem) -> RawItem:
     return RawItem(value, n, None)
 
 
+TOO_DEEP = "invalid JSON: arrays or objects nested too deeply (hundreds of levels)"
 ARCHIVE_REFUSAL = (
     "zip archives are not supported (except a Hugging Face datasets save_to_disk folder, zipped or tarred); "
     "upload the .jsonl, .json, .csv, .tsv or .parquet file (or gzip it)"
@@ -146,23 +167,54 @@ def _extract_dataset(path: Path, compressed: bool) -> tuple[Path, Path] | None:
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
-                for name in z.namelist():
-                    if name.startswith("/") or ".." in Path(name).parts:
-                        raise ValueError(f"unsafe path in archive: {name}")
+                infos = z.infolist()
+                for info in infos:
+                    if info.filename.startswith("/") or ".." in Path(info.filename).parts:
+                        raise ValueError(f"unsafe path in archive: {info.filename}")
+                _check_archive(len(infos), sum(i.file_size for i in infos), path.stat().st_size)
                 z.extractall(tmp)
         else:
-            with tarfile.open(path, "r:gz" if compressed else "r:") as t:
-                t.extractall(tmp, filter="data")
+            with open(path, "rb") as raw:
+                inner = gzip.GzipFile(fileobj=raw) if compressed else raw
+                with tarfile.open(fileobj=BoundedStream(inner, raw if compressed else None), mode="r|") as t:
+                    t.extractall(tmp, filter=_counting_filter())
         for dd in sorted(tmp.rglob("dataset_dict.json")):  # a DatasetDict: its train split
             if (dd.parent / "train" / "state.json").exists():
                 return tmp, dd.parent / "train"
         for state in sorted(tmp.rglob("state.json")):
             if any(state.parent.glob("*.arrow")):
                 return tmp, state.parent
+    except LimitExceeded:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except Exception as e:  # noqa: BLE001 - unreadable or unsafe archive: refused with one message
         log.info("archive %s is not a readable dataset folder: %s", path, e)
     shutil.rmtree(tmp, ignore_errors=True)
     return None
+
+
+def _check_archive(members: int, unpacked: int, packed: int) -> None:
+    if members > MAX_ARCHIVE_MEMBERS:
+        raise LimitExceeded(f"the archive holds more than {MAX_ARCHIVE_MEMBERS} files")
+    if unpacked > MAX_DECOMPRESSED_BYTES or unpacked > max(MAX_GZIP_RATIO * packed, RATIO_AFTER_BYTES):
+        raise LimitExceeded(f"the archive unpacks to {unpacked} bytes from {packed} (at most "
+                            f"{mib(MAX_DECOMPRESSED_BYTES)} and {MAX_GZIP_RATIO} times its size)")
+
+
+def _counting_filter():
+    """tarfile's "data" filter that also refuses an archive of too many members (the bytes are bounded
+    by the stream it reads)."""
+    import tarfile
+
+    seen = [0]
+
+    def check(member, dest):
+        seen[0] += 1
+        if seen[0] > MAX_ARCHIVE_MEMBERS:
+            raise LimitExceeded(f"the archive holds more than {MAX_ARCHIVE_MEMBERS} files")
+        return tarfile.data_filter(member, dest)
+
+    return check
 
 
 def _arrow_source(root: Path, folder: Path, progress) -> Source:
@@ -189,10 +241,12 @@ def open_file(
     known_columns: frozenset[str],
     tsv_default_columns: tuple[str, ...] | None,
     progress=None,
+    head_bytes: int | None = None,
 ) -> Source:
     """Sniff `path` and return a Source whose items can be read again from the start.
 
-    progress: an optional callable taking the fraction (0..1) of the file read so far."""
+    progress: an optional callable taking the fraction (0..1) of the file read so far. head_bytes: read
+    only about this much (decompressed) text and stop quietly; archives and Parquet then yield nothing."""
     path = Path(path)
     with open(path, "rb") as f:
         magic = f.read(2)
@@ -204,10 +258,16 @@ def open_file(
         msg = f"the gzip data is corrupt or truncated ({e})"
         return Source(None, compressed, lambda: _fatal(msg))
     container, refusal = _sniff(head)
+    if head_bytes is not None and container in ("archive", "parquet"):
+        return Source(container, compressed, lambda: iter(()))
     if container == "parquet" and not compressed:
         return Source("parquet", False, lambda: _parquet_rows(path, progress))
     if container in ("archive", "parquet"):
-        found = _extract_dataset(path, compressed) if container == "archive" else None
+        try:
+            found = _extract_dataset(path, compressed) if container == "archive" else None
+        except LimitExceeded as e:
+            message = str(e)
+            return Source(None, compressed, lambda: _fatal(message))
         if found is None:
             return Source(None, compressed, lambda: _fatal(ARCHIVE_REFUSAL))
         return _arrow_source(*found, progress)
@@ -221,7 +281,8 @@ def open_file(
     def items() -> Iterator[RawItem]:
         last_line = 0
         try:
-            with open(path, "rb") as raw, (gzip.GzipFile(fileobj=raw) if compressed else raw) as f:
+            with open(path, "rb") as raw, (gzip.GzipFile(fileobj=raw) if compressed else raw) as inner:
+                f = BoundedStream(inner, raw if compressed else None, head_bytes)
                 if container == "json":
                     reader = read_json_array(f)
                 elif container == "jsonl":
@@ -240,6 +301,10 @@ def open_file(
                         yield item
                         if n % PROGRESS_EVERY == 0:
                             progress(raw.tell() / size)
+        except HeadDone:
+            return
+        except LimitExceeded as e:
+            yield from _fatal(str(e), e.line)
         except _STREAM_ERRORS as e:
             where = f" after line {last_line}" if last_line else ""
             kind = "gzip data" if compressed else "file"

@@ -13,10 +13,11 @@ import re
 import sys
 from collections.abc import Iterator
 
+from ml.data.limits import MAX_RECORD_BYTES, LimitExceeded, record_too_large
 from ml.data.report import Problem
 from ml.data.text_lines import RawItem, decode_line
 
-csv.field_size_limit(min(sys.maxsize, 1 << 30))  # the default 128 KB refuses long answers
+csv.field_size_limit(min(sys.maxsize, MAX_RECORD_BYTES))  # the default 128 KB refuses long answers
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_ .\-]{0,63}$")
 
 
@@ -26,7 +27,11 @@ def _looks_like_header(cells: list[str], known: frozenset[str]) -> bool:
 
 
 def _decoded_lines(stream, problems: list[Problem]) -> Iterator[str]:
-    for n, raw in enumerate(stream, start=1):
+    n = 0
+    while raw := stream.readline(MAX_RECORD_BYTES + 1):
+        n += 1
+        if len(raw) > MAX_RECORD_BYTES:
+            raise LimitExceeded(record_too_large("the line"), n)
         if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         text, bad = decode_line(raw)
