@@ -56,9 +56,18 @@ def file_object(f: StoredFile, with_report: bool = True) -> dict:
     return out
 
 
+def printable(text: str) -> str:
+    """text without control, format (bidi overrides, zero-width), surrogate or unassigned characters."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFC", text)
+    return "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co", "Cn"))
+
+
 def sanitize_filename(name: str | None) -> str:
-    base = re.split(r"[\\/]", name or "")[-1]
-    base = re.sub(r"[\x00-\x1f\x7f]", "", base).strip().lstrip(".")
+    """The last path component, printable, without leading dots; "upload" when nothing is left.
+    Storage keys never use it."""
+    base = printable(re.split(r"[\\/]", name or "")[-1]).strip().lstrip(".").strip()
     return (base or "upload")[:255]
 
 
@@ -105,6 +114,12 @@ def accept_file(session: Session, storage: Storage, settings: Settings, project:
     if nbytes <= settings.sync_validation_max_bytes:
         return _validate_and_store(session, storage, project, file_id, raw_key, filename, purpose,
                                    forced_format, nbytes, max_length)
+    from ml.data import check_head
+
+    with storage.local_path(raw_key) as raw_path:  # a bounded look: hostile heads are refused now
+        problem = check_head(raw_path)
+    if problem is not None:
+        raise BadRequest(f"{filename}: {problem}", param="file", code="invalid_file")
     row = StoredFile(id=file_id, project_id=project.id, filename=filename, purpose=purpose, bytes=nbytes,
                      status="uploaded", storage_key=raw_key, forced_format=forced_format, max_length=max_length,
                      progress=0.0, enqueued_at=utcnow())
@@ -219,7 +234,15 @@ def file_content(file_id: str, session: SessionDep, project: ProjectDep, storage
                 yield chunk
 
     return StreamingResponse(chunks(), media_type="application/octet-stream",
-                             headers={"Content-Disposition": f'attachment; filename="{f.filename}"'})
+                             headers={"Content-Disposition": content_disposition(f.filename)})
+
+
+def content_disposition(filename: str) -> str:
+    """An attachment header that no file name can break: an ASCII fallback plus RFC 5987's UTF-8 form."""
+    from urllib.parse import quote
+
+    fallback = re.sub(r'[^\x20-\x7e]|["\\]', "_", filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 @router.get("/files/{file_id}/preview")

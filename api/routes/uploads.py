@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import ProjectDep, SessionDep, SettingsDep, StorageDep
 from api.errors import BadRequest, NotFound, TooLarge
-from api.routes.files import PURPOSES, accept_file, file_object, sanitize_filename
+from api.routes.files import PURPOSES, accept_file, file_object, printable, sanitize_filename
 from chatforge.db.models import Project, Upload, UploadPart, new_id, utcnow
 from chatforge.storage import Storage
 from chatforge.storage import TooLarge as StorageTooLarge
@@ -86,7 +86,7 @@ def create_upload(body: CreateUpload, session: SessionDep, project: ProjectDep, 
         seconds = max(60, min(body.expires_after["seconds"], 30 * 86400))
     now = utcnow()
     u = Upload(id=new_id("upload_"), project_id=project.id, filename=sanitize_filename(body.filename),
-               purpose=body.purpose, mime_type=body.mime_type[:255], bytes=body.bytes, status="pending",
+               purpose=body.purpose, mime_type=printable(body.mime_type)[:255], bytes=body.bytes, status="pending",
                created_at=now, expires_at=now + timedelta(seconds=seconds))
     session.add(u)
     session.flush()

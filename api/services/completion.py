@@ -202,6 +202,37 @@ async def _merged(handles) -> AsyncIterator[tuple[int, Any]]:
             t.cancel()
 
 
+def _max_token_chars(tokenizer) -> int:
+    """The most characters one token of this tokenizer stands for (cached on the tokenizer)."""
+    cached = getattr(tokenizer, "_chatforge_max_token_chars", None)
+    if cached is None:
+        vocab = list(tokenizer.get_vocab())
+        cached = max(len(tokenizer.convert_tokens_to_string([t])) for t in vocab) if vocab else 1 << 20
+        tokenizer._chatforge_max_token_chars = max(cached, 1)
+    return tokenizer._chatforge_max_token_chars
+
+
+def check_context(engine, tokenizer, messages: list[dict[str, Any]], n_prompt: int | None,
+                  max_tokens: int | None) -> None:
+    """Refuse a prompt (or prompt + max_tokens) the model's context cannot hold, naming the field. With
+    n_prompt None it is the cheap check before tokenizing: text longer than the context's tokens could
+    ever spell is refused without rendering it."""
+    limit, total = engine.max_prompt_tokens, engine.max_total_tokens
+    if n_prompt is None:
+        chars = sum(len(m["content"]) if isinstance(m.get("content"), str) else len(str(m.get("content")))
+                    for m in messages)
+        if chars > limit * _max_token_chars(tokenizer):
+            raise BadRequest(f"messages: the prompt ({chars} characters) is longer than this model's context "
+                             f"of {limit} prompt tokens", param="messages", code="context_length_exceeded")
+        return
+    if n_prompt > limit:
+        raise BadRequest(f"messages: the prompt has {n_prompt} tokens; this model takes at most {limit}",
+                         param="messages", code="context_length_exceeded")
+    if max_tokens is not None and n_prompt + max_tokens > total:
+        raise BadRequest(f"max_tokens: the prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds this "
+                         f"model's context of {total} tokens", param="max_tokens", code="context_length_exceeded")
+
+
 def _failed(reason: str | None) -> bool:
     return reason not in ("stop", "length")
 
@@ -239,10 +270,12 @@ async def start_chat(
     p = plan(tools, tool_choice, response_format, parallel_tool_calls)
     engine = await asyncio.to_thread(hub.engine_for, target)
     tokenizer = hub.tokenizer_for(engine, target)
+    await asyncio.to_thread(check_context, engine, tokenizer, messages, None, max_tokens)
     try:
         prompt_ids = await asyncio.to_thread(render_prompt, tokenizer, messages, True, tools or None)
     except Exception as e:  # noqa: BLE001 -- jinja TemplateError / raise_exception from the template
         raise BadRequest(f"the model's chat template cannot render these messages: {e}", param="messages") from None
+    check_context(engine, tokenizer, messages, len(prompt_ids), max_tokens)
     if p.grammar is not None:
         try:
             await asyncio.to_thread(engine.prepare_grammar, p.grammar)

@@ -109,7 +109,7 @@ class ValidationReport:
         lines = [str(p) for p in head[:n]]
         if total > len(lines):
             lines.append(f"... and {total - len(lines)} more {what}{'s' if total - len(lines) > 1 else ''}")
-        return "; ".join(lines)
+        return "; ".join(lines).replace("\x00", "\\x00")  # user text quoted in a message: storable as text
 
     def to_dict(self, max_problems: int | None = None) -> dict[str, Any]:
         """JSON-ready form; max_problems caps the errors and warnings lists (totals stay exact)."""

@@ -74,9 +74,10 @@ def _sniff(head: bytes) -> tuple[str | None, str | None]:
         return "parquet", None
     if b"\x00" in head:
         at = head.index(b"\x00")
+        line, col = head.count(b"\n", 0, at) + 1, at - head.rfind(b"\n", 0, at)
         return None, (
-            f"the file is binary (NUL byte at offset {at}), not text; upload JSON, JSON Lines, CSV or TSV "
-            "(optionally gzip-compressed)"
+            f"the file is binary (NUL byte at offset {at}: line {line}, column {col}), not text; upload JSON, "
+            "JSON Lines, CSV or TSV (optionally gzip-compressed)"
         )
     text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
     if text.startswith(b"["):
