@@ -196,3 +196,21 @@ def test_image_runs_as_a_non_root_user():
     assert users and users[-1] not in ("root", "0"), "the image's last USER must not be root"
     assert any("useradd" in line and users[-1] in line for line in lines)
     assert "boto3" in (ROOT / "pyproject.toml").read_text()  # the object-store client ships in the image
+
+
+def test_every_compose_service_has_a_memory_limit_and_a_health_check():
+    """Long-running services declare a real health check; one-shot jobs (restart "no") disable it
+    explicitly. Every service caps its memory."""
+    import re
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name, svc in services.items():
+        memory = svc.get("mem_limit") or svc.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
+        assert memory and re.fullmatch(r"(\$\{[A-Z_]+:-)?\d+[kmg](\})?", str(memory)), f"{name}: memory limit {memory!r}"
+        check = svc.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        if svc.get("restart") == "no":
+            assert check == {"disable": True}, f"one-shot {name} should disable its health check"
+        else:
+            test = check["test"]
+            assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1 and not check.get("disable"), name
