@@ -45,6 +45,9 @@ class Project(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("proj_", 8))
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # quotas set by `chatforge quotas set`; None: unlimited
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class ApiKey(Base):
@@ -55,6 +58,11 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    scope: Mapped[str] = mapped_column(String(16), default="full", server_default="full")  # chatforge.keys.SCOPES
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)  # updated at most once a minute
+    rpm: Mapped[int | None] = mapped_column(Integer, default=None)  # requests per minute; None: unlimited
+    max_streams: Mapped[int | None] = mapped_column(Integer, default=None)  # concurrent generations
     project: Mapped[Project] = relationship()
 
 
