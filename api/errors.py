@@ -23,6 +23,9 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def headers(self) -> dict[str, str] | None:
+        return None
+
 
 class BadRequest(APIError):
     status = 400
@@ -43,13 +46,43 @@ class Conflict(APIError):
     type = "conflict_error"
 
 
+class Forbidden(APIError):
+    status = 403
+    type = "permission_error"
+
+
 class TooLarge(APIError):
     status = 413
 
 
 class RateLimited(APIError):
+    """429 with Retry-After (seconds); OpenAI's code rate_limit_exceeded unless told otherwise."""
+
     status = 429
     type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: int = 1, code: str | None = "rate_limit_exceeded",
+                 param: str | None = None, status: int | None = None) -> None:
+        super().__init__(message, code=code, param=param, status=status)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class QuotaExceeded(RateLimited):
+    """A project quota is used up (OpenAI's insufficient_quota); with retry=False clients are told not to
+    retry (x-should-retry, which the openai SDKs honour) because waiting frees nothing."""
+
+    type = "insufficient_quota"
+
+    def __init__(self, message: str, *, retry_after: int = 60, retry: bool = True,
+                 param: str | None = None) -> None:
+        super().__init__(message, retry_after=retry_after, code="insufficient_quota", param=param)
+        self.retry = retry
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after), "x-should-retry": "true" if self.retry else "false"}
 
 
 class Unavailable(APIError):
@@ -68,7 +101,7 @@ def _loc_to_param(loc: tuple) -> str | None:
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):

@@ -23,8 +23,10 @@ app = typer.Typer(name="chatforge", help="Run ChatForge (serve, worker, migrate,
                   "(files, jobs, chat).", no_args_is_help=True,
                   pretty_exceptions_show_locals=False, context_settings={"help_option_names": ["-h", "--help"]})
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+quotas_app = typer.Typer(help="Set and show project quotas (queued jobs, storage).", no_args_is_help=True)
 models_app = typer.Typer(help="Manage base models.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(quotas_app, name="quotas")
 app.add_typer(models_app, name="models")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="data directory (overrides CHATFORGE_DATA_DIR)")]
@@ -70,31 +72,64 @@ def migrate() -> None:
 
 # -- keys ---------------------------------------------------------------------------------------------
 
+class Scope(str, Enum):
+    full = "full"
+    read_only = "read-only"
+    inference_only = "inference-only"
+
+
+def _parsed(parse, text: str | None, option: str):
+    """parse(text), or typer's usage error naming the option."""
+    if text is None:
+        return None
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint=option) from None
+
+
 @keys_app.command("create")
-def keys_create(project: Annotated[str, typer.Option(help="project name")]) -> None:
+def keys_create(
+    project: Annotated[str, typer.Option(help="project name")],
+    scope: Annotated[Scope, typer.Option(help="full; read-only (GET only); inference-only (chat, completions, "
+                                              "responses, rewards, GET models)")] = Scope.full,
+    expires_in: Annotated[str | None, typer.Option(help="lifetime: 90s, 15m, 12h, 30d, 2w (default: never)")] = None,
+    rpm: Annotated[int | None, typer.Option(min=1, help="requests per minute (default: no limit)")] = None,
+    max_streams: Annotated[int | None, typer.Option(
+        min=1, help="concurrent inference requests, streamed or not (default: no limit)")] = None,
+) -> None:
     """Create a key for a project (created if new); the key is printed once."""
     from chatforge.db.session import session_scope
-    from chatforge.keys import create_key
+    from chatforge.keys import create_key, parse_duration
 
+    lifetime = _parsed(parse_duration, expires_in, "--expires-in")
     _migrate_quiet()
     with session_scope() as s:
-        row, plaintext = create_key(s, project)
-        print(f"Created key {row.id} for project '{project}'. Store it now; it is not shown again:")
+        row, plaintext = create_key(s, project, scope=scope.value, expires_in=lifetime, rpm=rpm,
+                                    max_streams=max_streams)
+        until = f", expires {row.expires_at:%Y-%m-%d %H:%M:%S} UTC" if row.expires_at else ""
+        print(f"Created {scope.value} key {row.id} for project '{project}'{until}. "
+              "Store it now; it is not shown again:")
         print(plaintext)
+
+
+def _when(value) -> str:
+    return f"{value:%Y-%m-%d %H:%M}" if value else "-"
 
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """List keys (a table on a terminal, tab-separated when piped)."""
+    """List keys with scope, expiry, last use and limits (a table on a terminal, tab-separated when piped)."""
     from chatforge.db.session import session_scope
-    from chatforge.keys import list_keys
+    from chatforge.keys import list_keys, state
 
     _migrate_quiet()
     with session_scope() as s:
-        rows = [[key.id, f"{key.prefix}…", project.name,
-                 f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active",
-                 f"{key.created_at:%Y-%m-%d %H:%M}"] for key, project in list_keys(s)]
-    print_rows(["ID", "PREFIX", "PROJECT", "STATE", "CREATED"], rows)
+        rows = [[key.id, f"{key.prefix}…", project.name, state(key), _when(key.created_at), key.scope,
+                 _when(key.expires_at) if key.expires_at else "never", _when(key.last_used_at),
+                 str(key.rpm or "-"), str(key.max_streams or "-")] for key, project in list_keys(s)]
+    print_rows(["ID", "PREFIX", "PROJECT", "STATE", "CREATED", "SCOPE", "EXPIRES", "LAST USED", "RPM",
+                "STREAMS"], rows)
 
 
 @keys_app.command("revoke")
@@ -110,6 +145,64 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="key id (key_…) or 
             print(f"no key {key_id}", file=sys.stderr)
             raise typer.Exit(1)
         print(f"revoked {row.id}")
+
+
+# -- quotas -------------------------------------------------------------------------------------------
+
+def _limit(parse):
+    """A quota value: a number (parsed), or 'none' to remove the quota."""
+    return lambda text: None if text.strip().lower() in ("none", "unlimited") else parse(text)
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(text)
+
+
+@quotas_app.command("set")
+def quotas_set(
+    project: Annotated[str, typer.Argument(help="project name (created if new)")],
+    max_queued_jobs: Annotated[str | None, typer.Option(
+        help="fine-tuning jobs waiting to run (validating or queued); 'none' removes the quota")] = None,
+    storage_bytes: Annotated[str | None, typer.Option(
+        help="bytes of files and pending uploads: 5000000, 500M, 10G; 'none' removes the quota")] = None,
+) -> None:
+    """Set a project's quotas; past one the API answers 429 insufficient_quota."""
+    from chatforge.db.session import session_scope
+    from chatforge.keys import parse_size, set_quotas
+
+    changes = {}
+    if max_queued_jobs is not None:
+        changes["max_queued_jobs"] = _parsed(_limit(_count), max_queued_jobs, "--max-queued-jobs")
+    if storage_bytes is not None:
+        changes["max_storage_bytes"] = _parsed(_limit(parse_size), storage_bytes, "--storage-bytes")
+    if not changes:
+        raise typer.BadParameter("give --max-queued-jobs and/or --storage-bytes")
+    _migrate_quiet()
+    with session_scope() as s:
+        row = set_quotas(s, project, **changes)
+        print(f"project '{row.name}': max queued jobs {_or_none(row.max_queued_jobs)}, "
+              f"storage bytes {_or_none(row.max_storage_bytes)}")
+
+
+def _or_none(value: int | None) -> str:
+    return "unlimited" if value is None else str(value)
+
+
+@quotas_app.command("list")
+def quotas_list() -> None:
+    """Every project's quotas and what it uses now."""
+    from chatforge.db.session import session_scope
+    from chatforge.keys import list_projects, queued_jobs, storage_used
+
+    _migrate_quiet()
+    with session_scope() as s:
+        rows = []
+        for p in list_projects(s):
+            rows.append([p.name, str(queued_jobs(s, p.id)), _or_none(p.max_queued_jobs),
+                         str(storage_used(s, p.id)), _or_none(p.max_storage_bytes)])
+    print_rows(["PROJECT", "QUEUED JOBS", "MAX QUEUED JOBS", "STORAGE BYTES", "MAX STORAGE BYTES"], rows)
 
 
 # -- models -------------------------------------------------------------------------------------------

@@ -116,7 +116,8 @@ def test_lists_are_tables_on_a_terminal(service, env, tmp_path):
 
     rc, raw, lines = in_terminal({**service.env, "TERM": "xterm", "COLUMNS": str(COLUMNS)}, "keys", "list")
     assert rc == 0, raw
-    assert re.match(r"ID\s+PREFIX\s+PROJECT\s+STATE\s+CREATED$", lines[0]), raw
+    assert re.match(r"ID\s+PREFIX\s+PROJECT\s+STATE\s+CREATED\s+SCOPE\s+EXPIRES\s+LAST USED\s+RPM\s+STREAMS$",
+                    lines[0]), raw
     assert any(re.match(r"key_\S+\s+cf-\S+…\s+terminal\s+active\s+\d{4}-", x) for x in lines), raw
 
 
