@@ -122,15 +122,19 @@ class RedisLimiter:
             log.warning("could not release a concurrency slot: %s", type(e).__name__)
 
 
+def make_limiter(broker_url: str) -> Limiter:
+    """Redis when the broker is Redis (API replicas share the counts), else this process's counters."""
+    return RedisLimiter(broker_url) if broker_url.startswith(("redis://", "rediss://")) else MemoryLimiter()
+
+
 _limiter: Limiter | None = None
 _limiter_lock = threading.Lock()
 
 
 def get_limiter(broker_url: str) -> Limiter:
-    """Redis when the broker is Redis, else this process's counters; one per process."""
+    """This process's limiter (made once)."""
     global _limiter
     with _limiter_lock:
         if _limiter is None:
-            redis_broker = broker_url.startswith(("redis://", "rediss://"))
-            _limiter = RedisLimiter(broker_url) if redis_broker else MemoryLimiter()
+            _limiter = make_limiter(broker_url)
         return _limiter
