@@ -47,7 +47,7 @@ def _bearer(authorization: str | None) -> str:
 
 
 def _adds_jobs(method: str, path: str) -> bool:
-    return method == "POST" and (path in ("/v1/fine_tuning/jobs", "/v1/pipelines")
+    return method == "POST" and (path in ("/v1/fine_tuning/jobs", "/v1/fine_tuning/pipelines")
                                  or (path.startswith("/v1/fine_tuning/jobs/") and path.endswith("/resume")))
 
 

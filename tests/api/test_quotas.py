@@ -141,6 +141,24 @@ def test_noisy_project_at_its_stream_limit_does_not_starve_another(service):
     wait_for(lambda: _chat_status(service, noisy, model=model) == 200, what="the slot to be released")
 
 
+@pytest.mark.parametrize(("method", "path", "jobs", "storage"), [
+    ("POST", "/v1/fine_tuning/jobs", True, False),
+    ("POST", "/v1/fine_tuning/pipelines", True, False),
+    ("POST", "/v1/fine_tuning/jobs/ftjob-1/resume", True, False),
+    ("POST", "/v1/fine_tuning/jobs/ftjob-1/cancel", False, False),
+    ("GET", "/v1/fine_tuning/jobs", False, False),
+    ("POST", "/v1/files", False, True),
+    ("POST", "/v1/files/import", False, True),
+    ("POST", "/v1/uploads", False, True),
+    ("POST", "/v1/uploads/upload_1/parts", False, True),
+    ("POST", "/v1/uploads/upload_1/complete", False, False),
+])
+def test_which_requests_count_against_project_quotas(method, path, jobs, storage):
+    from api.deps import _adds_bytes, _adds_jobs
+
+    assert (_adds_jobs(method, path), _adds_bytes(method, path)) == (jobs, storage)
+
+
 def test_queued_jobs_quota(service, tmp_path):
     _, key = make_key(service, "jobquota")
     c = client(service, key)
