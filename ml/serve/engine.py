@@ -8,6 +8,8 @@ nothing about HTTP: the API wraps submit()/RequestHandle and maps ServeError.sta
 Each scheduler iteration: reap cancelled requests, admit waiting ones into free rows, run one prefill
 forward over up to `prefill_chunk` prompt tokens (oldest first), then one decode step for every
 decoding row; a request joins the running batch at the next iteration, never waiting for it to drain.
+Admission copies the longest cached prefix of a prompt into its row (prefix_cache.py), so prefill
+computes only the rest; a row's whole blocks are stored once its prompt is in and again when it ends.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ml.serve.detokenize import IncrementalDetokenizer, StopStringMatcher
 from ml.serve.handle import RequestHandle
 from ml.serve.lora import BASE, AdapterRegistry, LoraAdapter, read_lora_adapter
 from ml.serve.lora_batch import LoraBatch
+from ml.serve.prefix_cache import PrefixCache
 from ml.serve.request import (
     Completion,
     EngineBusy,
@@ -60,6 +63,12 @@ class EngineStats:
     """Requests ended since start, by finish reason (stop, length, cancelled, error), queued ones too."""
     loaded_adapters: list[str]
     kv_cache_bytes: int
+    prefill_tokens_computed_total: int = 0
+    """Prompt positions run through the model (prefix-cache hits excluded)."""
+    prefix_tokens_reused_total: int = 0
+    """Prompt positions copied from the prefix cache instead of being computed."""
+    prefix_cache_bytes: int = 0
+    prefix_cache_blocks: int = 0
 
 
 class Engine:
@@ -80,6 +89,8 @@ class Engine:
         max_total_tokens: int | None = None,
         adapter_cache_size: int = 8,
         prefill_chunk: int = 256,
+        prefix_cache_mb: float = 256,
+        prefix_block_size: int = 16,
         model_id: str | None = None,
         device: str | None = None,
         start: bool = True,
@@ -87,7 +98,9 @@ class Engine:
         """Loads the model (seconds; blocking) on the engine's own thread and returns when it is ready.
         device: where the base model is loaded ("cpu", "cuda", "cuda:1"); None = cuda when available.
         Every tensor the engine makes follows the model (self.device), wherever it ended up.
-        start=False leaves the scheduler stopped until start() (tests use it to queue a batch)."""
+        start=False leaves the scheduler stopped until start() (tests use it to queue a batch).
+        prefix_cache_mb: memory for keys/values of prompt blocks reused across requests (0 = off),
+        in blocks of prefix_block_size tokens."""
         self.model_id = model_id or str(base_model_path)
         self.base_model_path = Path(base_model_path)
         if dtype not in TORCH_DTYPES:
@@ -100,6 +113,8 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.prefill_chunk = max(1, prefill_chunk)
+        self.prefix_cache_bytes = int(max(0.0, prefix_cache_mb) * 1024**2)
+        self.prefix_block_size = max(1, prefix_block_size)
         self.adapters = AdapterRegistry(adapter_cache_size, self._read_adapter)
         self._lock = threading.Condition()
         self._waiting: deque[Sequence] = deque()
@@ -111,6 +126,8 @@ class Engine:
         self._grammars: GrammarCache | None = None
         self._grammar_lock = threading.Lock()
         self._prompt_tokens_total = 0
+        self._computed_total = 0
+        self._reused_total = 0
         self._generated_total = 0
         self._finished_total = 0
         self._by_reason: Counter[str] = Counter()
@@ -155,6 +172,7 @@ class Engine:
         self.vocab_size = self.runner.vocab_size
         self.cache = self.runner.new_cache(self.max_batch_size, positions)
         self.rows = RowTable(self.cache)
+        self.prefixes = PrefixCache(self.cache, self.prefix_block_size, self.prefix_cache_bytes)
         self.eos_ids = self._eos_ids()
 
     def _main(self, *setup_args) -> None:
@@ -257,6 +275,10 @@ class Engine:
                 finished_by_reason=dict(self._by_reason),
                 loaded_adapters=self.adapters.loaded_names(),
                 kv_cache_bytes=self.cache.nbytes,
+                prefill_tokens_computed_total=self._computed_total,
+                prefix_tokens_reused_total=self._reused_total,
+                prefix_cache_bytes=self.prefixes.nbytes,
+                prefix_cache_blocks=self.prefixes.num_blocks,
             )
 
     def close(self, timeout: float | None = 30) -> None:
@@ -361,11 +383,36 @@ class Engine:
                     continue
             taken.append(seq)
             self.rows.add_prefill(seq)
+            self._reuse_prefix(seq)
             free -= 1
         if taken:
             gone = set(map(id, taken))
             with self._lock:
                 self._waiting = deque(s for s in self._waiting if id(s) not in gone)
+
+    # ---- prefix cache -------------------------------------------------------------------------
+    @staticmethod
+    def _kv_key(seq: Sequence):
+        """What besides the tokens a sequence's keys and values depend on: its adapter's weights."""
+        return None if seq.adapter is None else seq.adapter.fingerprint
+
+    def _reuse_prefix(self, seq: Sequence) -> None:
+        """Fill a newly admitted row with its prompt's cached prefix. The last prompt token is always
+        computed: its logits give the first generated token."""
+        n = self.prefixes.load(self._kv_key(seq), seq.req.prompt_ids, seq.prompt_len - 1, self.cache, seq.row)
+        seq.cached = seq.reused = n
+        if n:
+            with self._lock:
+                self._reused_total += n
+
+    def _keep_prefix(self, seq: Sequence) -> None:
+        """Store the full blocks a row holds: its prompt, and what it generated once it ends."""
+        tokens = seq.req.prompt_ids + seq.generated
+        self.prefixes.store(self._kv_key(seq), tokens, seq.cached, self.cache, seq.row)
+
+    def _release(self, seq: Sequence) -> None:
+        self._keep_prefix(seq)
+        self.rows.release(seq)
 
     # ---- model steps ----------------------------------------------------------------------------
     def _ids(self, values: list) -> torch.Tensor:
@@ -426,12 +473,15 @@ class Engine:
         )
         for seq, take in batch:
             seq.cached += take
+        with self._lock:
+            self._computed_total += sum(take for _, take in batch)
         if done:
             finished = [batch[i][0] for i in done]
             with self._lock:
                 self._prompt_tokens_total += sum(s.prompt_len for s in finished)
             tokens, lps = sample_batch(logits, [s.sampling for s in finished])
             for seq, tok, lp in zip(finished, tokens, lps):
+                self._keep_prefix(seq)
                 self.rows.to_decoding(seq)
                 self._accept(seq, tok, lp)
 
@@ -459,7 +509,7 @@ class Engine:
         with self._lock:
             self._generated_total += 1
         if ev.finished:
-            self.rows.release(seq)
+            self._release(seq)
             with self._lock:
                 self._finished_total += 1
                 self._by_reason[ev.finish_reason] += 1
@@ -468,7 +518,7 @@ class Engine:
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
         """End a sequence early (cancelled, error) wherever it is."""
         if seq.row >= 0:
-            self.rows.release(seq)
+            self._release(seq)
         with self._lock:
             self._finished_total += 1
             self._by_reason[reason] += 1
@@ -482,5 +532,6 @@ class Engine:
 
     def _fail_running(self, message: str) -> None:
         """After a failed step the row bookkeeping cannot be trusted: end everything, reset rows."""
+        self.prefixes.clear()  # a block stored during the failed step may hold partial writes
         for seq in self.rows.reset():
             self._finish(seq, "error", error=message)

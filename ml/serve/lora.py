@@ -41,6 +41,8 @@ class LoraAdapter:
     base_model: str | None
     # (layer index, projection name e.g. "q_proj") -> float32 (A [in, r], B [r, out] * scaling)
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
+    fingerprint: tuple = ()
+    """Identifies these weights (name, folder, weight file size and mtime): keys the prefix cache."""
 
     @property
     def nbytes(self) -> int:
@@ -75,16 +77,19 @@ def read_lora_config(adapter_dir: str | Path) -> dict:
     return cfg
 
 
-def _load_state_dict(d: Path) -> dict[str, torch.Tensor]:
-    st = d / "adapter_model.safetensors"
-    if st.exists():
+def _weights_file(d: Path) -> Path:
+    for fname in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (d / fname).exists():
+            return d / fname
+    raise UnsupportedAdapter(f"{d}: no adapter_model.safetensors or adapter_model.bin")
+
+
+def _load_state_dict(f: Path) -> dict[str, torch.Tensor]:
+    if f.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(st))
-    pt = d / "adapter_model.bin"
-    if pt.exists():
-        return torch.load(str(pt), map_location="cpu", weights_only=True)
-    raise UnsupportedAdapter(f"{d}: no adapter_model.safetensors or adapter_model.bin")
+        return load_file(str(f))
+    return torch.load(str(f), map_location="cpu", weights_only=True)
 
 
 def read_lora_adapter(
@@ -96,12 +101,14 @@ def read_lora_adapter(
 
     d = Path(path)
     cfg = read_lora_config(d)
+    weights_file = _weights_file(d)
+    stat = weights_file.stat()
     alpha_default = float(cfg.get("lora_alpha", 8))
     rslora = bool(cfg.get("use_rslora", False))
     alpha_pattern = cfg.get("alpha_pattern") or {}
 
     halves: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    for key, tensor in _load_state_dict(d).items():
+    for key, tensor in _load_state_dict(weights_file).items():
         m = _KEY.search(key)
         if m is None or m.group(2) not in shapes or int(m.group(1)) >= num_layers:
             raise UnsupportedAdapter(f"{d}: tensor {key!r} is not a LoRA weight of a known projection")
@@ -129,7 +136,8 @@ def read_lora_adapter(
         weights[(layer, proj)] = (a_t, b_t)
     if not weights:
         raise UnsupportedAdapter(f"{d}: adapter has no LoRA weights")
-    return LoraAdapter(name=name, path=d, base_model=adapter_base_model(d), weights=weights)
+    fingerprint = (name, str(d.resolve()), stat.st_size, stat.st_mtime_ns)
+    return LoraAdapter(name, d, adapter_base_model(d), weights, fingerprint)
 
 
 class AdapterRegistry:

@@ -107,6 +107,9 @@ class TokenLogprob:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
+    """Prompt tokens whose keys and values came from the prefix cache (OpenAI's
+    usage.prompt_tokens_details.cached_tokens)."""
 
     @property
     def total_tokens(self) -> int:

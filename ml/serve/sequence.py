@@ -30,6 +30,7 @@ class Sequence:
     adapter: LoraAdapter | None = None  # held while running, so eviction cannot pull it away
     row: int = -1  # KV-cache row, -1 when not running
     cached: int = 0  # positions written to the KV cache
+    reused: int = 0  # prompt positions copied from the prefix cache instead of computed
     decoding: bool = False
     generated: list[int] = field(default_factory=list)
 
@@ -68,7 +69,9 @@ class Sequence:
         logprobs: tuple[TokenLogprob, ...] | None = None,
         error: str | None = None,
     ) -> GenerationEvent:
-        usage = Usage(prompt_tokens=self.prompt_len, completion_tokens=len(self.generated))
+        usage = Usage(
+            prompt_tokens=self.prompt_len, completion_tokens=len(self.generated), cached_tokens=self.reused
+        )
         return GenerationEvent(
             text=text, token_ids=token_ids, logprobs=logprobs, finish_reason=reason, usage=usage, error=error
         )
