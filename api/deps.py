@@ -92,8 +92,8 @@ def get_caller(request: Request, settings: SettingsDep,
         if not allows(caller.scope, method, path):
             raise Forbidden(f"This key is {caller.scope}: it may not call {method} {path}.",
                             code="insufficient_scope")
-        if touch(s, caller):
-            s.commit()
+        if caller.key_id is None or touch(s, caller):
+            s.commit()  # the last use, or the default project CHATFORGE_API_KEY may just have created
         limiter = get_limiter(settings.celery_broker_url)
         if caller.rpm is not None and caller.key_id is not None:
             wait = limiter.hit(caller.key_id, caller.rpm)

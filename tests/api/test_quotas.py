@@ -194,11 +194,15 @@ def test_storage_quota(service, tmp_path):
 
 
 def test_embedded_default_limits_in_the_api_process(tmp_path):
-    """SQLite and the folder broker (no Redis): the API process counts a key's requests itself."""
+    """SQLite and the folder broker (no Redis): the API process counts a key's requests itself. The key
+in CHATFORGE_API_KEY (default project, made on its first use) has full scope and no limits."""
     from tests.support.service import start_service
 
-    svc = start_service(tmp_path / "embedded", None, None, workers=0)
+    env_key = "cf-" + uuid.uuid4().hex
+    svc = start_service(tmp_path / "embedded", None, None, workers=0, CHATFORGE_API_KEY=env_key)
     try:
+        for _ in range(5):
+            assert client(svc, env_key).models.list().data == []
         _, key = make_key(svc, "embedded", "--rpm", "2")
         c = client(svc, key)
         c.models.list(), c.models.list()
