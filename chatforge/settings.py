@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     serve_max_batch: int = Field(8, description="Most sequences decoded together by the serving engine.")
     serve_max_queue: int = Field(64, description="Waiting requests before the API answers 429.")
     adapter_cache_size: int = Field(8, description="Fine-tuned adapters kept loaded per base model (LRU).")
+    serve_prefix_cache_mb: float = Field(
+        256, ge=0, description="Memory per served base model for keys and values of prompt prefixes reused "
+        "by later requests (shared system prompts, continued conversations); 0 turns prefix caching off.",
+    )
     log_format: str = Field("json", description='"json" for structured logs, "text" for humans.')
     sync_validation_max_bytes: int = Field(
         16 * 1024 * 1024,

@@ -47,7 +47,8 @@ class ServingHub:
                 self._pools[key] = EnginePool(
                     resolve=self._folder, dtype=dtype, quantization=quantization,
                     max_batch_size=self.settings.serve_max_batch, max_queue=self.settings.serve_max_queue,
-                    adapter_cache_size=self.settings.adapter_cache_size)
+                    adapter_cache_size=self.settings.adapter_cache_size,
+                    prefix_cache_mb=self.settings.serve_prefix_cache_mb)
             return self._pools[key]
 
     @property
