@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.deps import ProjectDep, SessionDep
-from api.errors import Conflict, NotFound
+from api.errors import APIError, Conflict, NotFound
 from api.pagination import paginate
 from api.routes.fine_tuning import job_object
 from api.services import jobs as svc
@@ -57,23 +57,36 @@ def pipeline_object(session: Session, p: Pipeline) -> dict:
     }
 
 
+STAGE_FIELDS = {"supervised": "sft", "reward_model": "reward_model", "ppo": "ppo"}
+
+
 @router.post("/pipelines")
 def create_pipeline(body: CreatePipeline, session: SessionDep, project: ProjectDep) -> dict:
     pipe = Pipeline(project_id=project.id, status="running", spec=body.model_dump())
     session.add(pipe)
     session.flush()
     common = {"suffix": body.suffix, "seed": body.seed, "metadata": {**(body.metadata or {}), "pipeline": pipe.id}}
-    svc.create_job(session, project, {**common, "model": body.model, "training_file": body.sft_file,
-                                      "validation_file": body.sft_validation_file,
-                                      "method": {"type": "supervised", "supervised": body.stages.sft}},
-                   pipeline_id=pipe.id, stage=1)
-    svc.create_job(session, project, {**common, "model": body.model, "training_file": body.preference_file,
-                                      "validation_file": body.preference_validation_file,
-                                      "method": {"type": "reward_model", "reward_model": body.stages.reward_model}},
-                   pipeline_id=pipe.id, stage=2, waiting=True)
-    svc.create_job(session, project, {**common, "model": body.model, "training_file": body.prompts_file,
-                                      "method": {"type": "ppo", "ppo": body.stages.ppo}},
-                   pipeline_id=pipe.id, stage=3, waiting=True)
+    stages = (
+        (1, "sft", "supervised", body.sft_file, body.sft_validation_file, body.stages.sft),
+        (2, "preference", "reward_model", body.preference_file, body.preference_validation_file,
+         body.stages.reward_model),
+        (3, "prompts", "ppo", body.prompts_file, None, body.stages.ppo),
+    )
+    for stage, files, mtype, train, valid, settings in stages:
+        # an error names the pipeline's own field (sft_file, stages.ppo.x), not the stage job's
+        names = {"training_file": f"{files}_file", "validation_file": f"{files}_validation_file",
+                 f"method.{mtype}": f"stages.{STAGE_FIELDS[mtype]}"}
+        try:
+            svc.create_job(session, project, {**common, "model": body.model, "training_file": train,
+                                              "validation_file": valid, "method": {"type": mtype, mtype: settings}},
+                           pipeline_id=pipe.id, stage=stage, waiting=stage > 1)
+        except APIError as e:
+            for job_name, own in names.items():
+                if e.param and (e.param == job_name or e.param.startswith(job_name + ".")):
+                    e.param = own + e.param[len(job_name):]
+                    e.message = e.message.replace(job_name, own, 1)
+                    break
+            raise
     session.flush()
     return pipeline_object(session, pipe)
 

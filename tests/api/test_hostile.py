@@ -12,7 +12,7 @@ import uuid
 import httpx2 as httpx
 import pytest
 
-from tests.support.data import sft_rows, write_jsonl
+from tests.support.data import preference_rows, prompt_rows, sft_rows, write_jsonl
 
 CHAT = [{"role": "user", "content": "hi"}]
 
@@ -338,13 +338,15 @@ def test_another_projects_ids_are_404_in_every_field(service, key_b, a_ids):
     _healthy(service)
 
 
-@pytest.mark.xfail(strict=True, reason="a pipeline's 404 names the stage job's field (training_file), not its own")
 def test_another_projects_file_in_a_pipeline_names_the_pipeline_field(service, key_b, a_ids):
-    b_file = httpx.post(f"{service.v1}/files", headers=_auth(key_b), data={"purpose": "fine-tune"}, files={
-        "file": ("b.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in sft_rows(12)))}).json()["id"]
-    for field in ("sft_file", "preference_file", "prompts_file"):
-        body = {"model": "tiny-llama", "sft_file": b_file, "preference_file": b_file, "prompts_file": b_file,
-                field: a_ids["file"]}
+    def upload(rows):
+        return httpx.post(f"{service.v1}/files", headers=_auth(key_b), data={"purpose": "fine-tune"}, files={
+            "file": ("b.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in rows))}).json()["id"]
+
+    own = {"sft_file": upload(sft_rows(12)), "preference_file": upload(preference_rows(12)),
+           "prompts_file": upload(prompt_rows(12))}
+    for field in own:
+        body = {"model": "tiny-llama", **own, field: a_ids["file"]}
         err = _error(httpx.post(f"{service.v1}/fine_tuning/pipelines", headers=_auth(key_b), json=body), 404)
         assert err["param"] == field, err
 

@@ -90,7 +90,7 @@ def test_pipeline_bad_stage_setting_is_400(service, key_a, files):
     r = post(service, key_a, "/fine_tuning/pipelines", {
         "model": "tiny-llama", "sft_file": sft, "preference_file": pref, "prompts_file": prompts,
         "stages": {"ppo": {"kl_coef": -1}}})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "method.ppo.kl_coef"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stages.ppo.kl_coef"  # the pipeline's own field
     r = post(service, key_a, "/fine_tuning/pipelines", {
         "model": "tiny-llama", "sft_file": pref, "preference_file": pref, "prompts_file": prompts})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "training_file"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "sft_file"
