@@ -1,4 +1,4 @@
-"""create_app(): the FastAPI application, its routers, error handlers and middleware."""
+"""create_app(): the FastAPI application, its routers, error handlers, middleware and OpenAPI document."""
 
 from __future__ import annotations
 
@@ -48,9 +48,41 @@ def create_app() -> FastAPI:
         return response
 
     app.include_router(health.router)
-    app.include_router(models.router)
+    app.include_router(models.router, responses=errors.ERROR_RESPONSES)
     _include_optional(app)
+    _document(app)
     return app
+
+
+def _document(app: FastAPI) -> None:
+    """The OpenAPI document as clients see the API: the key is a bearer security scheme (not a header
+    parameter), and routes declare OpenAI's error shape (errors.ERROR_RESPONSES), never FastAPI's 422."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = doc.setdefault("components", {})
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
+                                                    "description": "a project's API key"}}
+        for ops in doc["paths"].values():
+            for op in ops.values():
+                op.get("responses", {}).pop("422", None)
+                params = op.get("parameters", [])
+                kept = [p for p in params if not (p["in"] == "header" and p["name"].lower() == "authorization")]
+                if len(kept) != len(params):
+                    op["security"] = [{"bearer": []}]
+                    if kept:
+                        op["parameters"] = kept
+                    else:
+                        op.pop("parameters")
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.get("schemas", {}).pop(name, None)
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _include_optional(app: FastAPI) -> None:
@@ -65,4 +97,4 @@ def _include_optional(app: FastAPI) -> None:
             if e.name == f"api.routes.{name}":
                 continue
             raise
-        app.include_router(mod.router)
+        app.include_router(mod.router, responses=None if name == "console" else errors.ERROR_RESPONSES)
