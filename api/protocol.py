@@ -122,8 +122,17 @@ class NamedToolChoice(BaseModel):
     function: NamedFunction
 
 
+def _documented_extras(schema: dict[str, Any]) -> None:
+    """The wire schema: a key outside it is a 400 naming it, except OpenAI's no-op ones (UNSUPPORTED: None)."""
+    schema["additionalProperties"] = False
+    no_op = {"user": {"type": "string"}, "metadata": {"type": "object"}, "store": {"type": "boolean"},
+             "service_tier": {"type": "string"}}
+    for name, sub in no_op.items():
+        schema["properties"][name] = {**sub, "description": "accepted; no effect"}
+
+
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_documented_extras)
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
