@@ -36,6 +36,10 @@ class Settings(BaseSettings):
         256, ge=0, description="Memory per served base model for keys and values of prompt prefixes reused "
         "by later requests (shared system prompts, continued conversations); 0 turns prefix caching off.",
     )
+    import_dirs: str = Field(
+        "", description="Server folders that POST /v1/files/import may read local datasets from, separated by "
+        "the OS path separator (':'); empty: only hub ids, no server paths.",
+    )
     log_format: str = Field("json", description='"json" for structured logs, "text" for humans.')
     sync_validation_max_bytes: int = Field(
         16 * 1024 * 1024,

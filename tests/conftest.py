@@ -46,7 +46,7 @@ def service(tmp_path_factory, pg_url, redis_url, tiny_model_path, smollm2_path):
     """Scale-out mode: PostgreSQL + Redis + an API server process + a Celery worker process."""
     svc = start_service(tmp_path_factory.mktemp("svc"), pg_url, redis_url, workers=1,
                         models={"tiny-llama": tiny_model_path, "smollm2-135m-instruct": smollm2_path},
-                        **FAST_JOBS)
+                        CHATFORGE_IMPORT_DIRS=str(tmp_path_factory.getbasetemp()), **FAST_JOBS)
     try:
         yield svc
     finally:

@@ -8,6 +8,7 @@ naming the line. Larger ones are stored and answered at once with status "upload
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -25,7 +26,7 @@ from api.pagination import paginate
 from api.services.tokenizers import tokenizer_for
 from chatforge.db.models import FineTuningJob, Project, StoredFile, new_id, utcnow
 from chatforge.queue import VALIDATE_FILE, enqueue_after_commit
-from chatforge.settings import Settings
+from chatforge.settings import Settings, get_settings
 from chatforge.storage import Storage
 from chatforge.storage import TooLarge as StorageTooLarge
 
@@ -178,12 +179,26 @@ class ImportRequest(BaseModel):
     max_examples: int | None = Field(None, ge=10)
 
 
+def _check_import_path(dataset: str) -> None:
+    """A dataset naming a server path must lie inside CHATFORGE_IMPORT_DIRS: an API key reads no other file."""
+    path = Path(dataset).expanduser()
+    if not (path.is_absolute() or dataset.startswith((".", "~")) or "\\" in dataset or path.exists()):
+        return  # a hub id ("user/name")
+    allowed = [Path(d).expanduser().resolve() for d in get_settings().import_dirs.split(os.pathsep) if d]
+    if not any(path.resolve().is_relative_to(d) for d in allowed):
+        raise BadRequest(f"{dataset!r} is a server path, and this server imports local datasets only from "
+                         "CHATFORGE_IMPORT_DIRS" + (f" ({', '.join(map(str, allowed))})" if allowed else " (none set)")
+                         + "; upload the file with POST /v1/files or name a hub dataset",
+                         param="dataset", code="path_not_allowed")
+
+
 @router.post("/files/import")
 def import_dataset(body: ImportRequest, session: SessionDep, project: ProjectDep, storage: StorageDep) -> dict:
     from ml.data import DatasetSourceError, load_hub_dataset
 
     if body.purpose not in PURPOSES:
         raise BadRequest(f"purpose must be one of {', '.join(PURPOSES)}", param="purpose")
+    _check_import_path(body.dataset)
     file_id = new_id("file-")
     raw_key = f"files/{file_id}/raw"
     try:

@@ -103,3 +103,6 @@ def test_import_from_local_dataset_dir_and_unknown_hub_id(service, key_a, tmp_pa
     assert r.json()["n_examples"] == 15 and r.json()["kind"] == "sft"
     r = httpx.post(service.v1 + "/files/import", headers=h, json={"dataset": "nobody/no-such-dataset"}, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["param"] == "dataset"
+    for outside in ("/etc", ".", "~", "../" * 8 + "etc", str(tmp_path / ".." / ".." / ".." / "etc")):
+        r = httpx.post(service.v1 + "/files/import", headers=h, json={"dataset": outside}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "path_not_allowed", (outside, r.text)
