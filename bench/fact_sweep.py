@@ -10,7 +10,6 @@ when >= 4 of its 5 paraphrases state it; forgetting is general accuracy before v
     python -m bench.fact_sweep --adapters lora --batch-sizes 4 --facts zephyr_code_name --lrs 5e-4,1e-3
     python -m bench.fact_sweep --plan rotate        # one fact per setting, each adapter meets every fact
     python -m bench.fact_sweep --check-general      # which GENERAL_EVAL questions the base model gets right
-    python -m bench.fact_sweep --set lora.r=8 --set weight_decay=0.1   # probe a non-default setting
 
 Settings with the same resolved values (n_epochs "auto" resolves to 3 for ~40 rows) run once.
 """
@@ -23,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -86,10 +86,8 @@ def evaluate(model, tokenizer, facts) -> dict:
     fact_q = [q for f in facts for q in f.held_out]
     answers = answer(model, tokenizer, general_q + fact_q)
     general = [general_correct(a, acc) for a, (_, acc) in zip(answers, GENERAL_EVAL, strict=False)]
-    wrong = [f"{q} -> {a.strip()[:60]}" for (q, _), a, ok in zip(GENERAL_EVAL, answers, general, strict=False)
-             if not ok]
-    res = {"general_acc": sum(general) / len(general), "general_wrong": wrong,
-           "general_answers": [a.strip() for a in answers[: len(general_q)]]}
+    res = {"general_acc": sum(general) / len(general), "general_wrong": [
+        f"{q} -> {a.strip()[:60]}" for (q, _), a, ok in zip(GENERAL_EVAL, answers, general, strict=False) if not ok]}
     rest = answers[len(general_q):]
     for i, f in enumerate(facts):
         got = rest[i * 5 : (i + 1) * 5]
@@ -113,27 +111,6 @@ def train_and_eval(cfg: SupervisedConfig, base: Path, data: Path, fact, tokenize
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None, **ev}
 
 
-def configure(
-    adapter: str, batch_size: int, epochs: int | str, lr: float | None, sets: list[str]
-) -> SupervisedConfig:
-    """The defaults with the swept values and any --set KEY=VALUE overrides (values parsed as JSON)."""
-    d: dict = {"adapter": adapter, "batch_size": batch_size, "n_epochs": epochs}
-    if lr:
-        d["learning_rate"] = lr
-    for kv in sets:
-        key, _, raw = kv.partition("=")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        *parents, leaf = key.split(".")
-        node = d
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = value
-    return SupervisedConfig.from_dict(d)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--adapters", default="lora,qlora")
@@ -141,8 +118,6 @@ def main() -> None:
     p.add_argument("--epochs", default="auto,3")
     p.add_argument("--facts", default=",".join(f.name for f in FACTS))
     p.add_argument("--lrs", default="", help="explicit learning rates to try, comma-separated (probe runs)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a SupervisedConfig field for every run (JSON value; dotted for lora.*)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch threads (1 on a machine shared with other jobs: no spinning at barriers)")
     p.add_argument("--plan", choices=("full", "rotate"), default="full",
@@ -185,12 +160,14 @@ def main() -> None:
                     for f in chosen:
                         path, n = data[f.name]
                         epochs = "auto" if ep == "auto" else int(ep)
-                        cfg = configure(adapter, bs, epochs, lr, args.set)
+                        cfg = SupervisedConfig(adapter=adapter, batch_size=bs, n_epochs=epochs)
+                        if lr:
+                            cfg = replace(cfg, learning_rate=lr)
                         key = (f.name, auto_epochs(n) if epochs == "auto" else epochs)
                         if key not in done:
                             done[key] = train_and_eval(cfg, base, path, f, tokenizer, work)
                         r = {"adapter": adapter, "batch_size": bs, "n_epochs": ep, "fact": f.name,
-                             "format": FORMATS[f.name], "rows": n, "set": args.set, **done[key]}
+                             "format": FORMATS[f.name], "rows": n, **done[key]}
                         rows.append(r)
                         print(json.dumps(r), flush=True)
     print(f"\nsweep took {time.monotonic() - t0:.0f} s\n")
@@ -200,28 +177,20 @@ def main() -> None:
 
 
 def table(rows: list[dict], before: dict) -> str:
-    """Markdown table; the n_epochs values that resolved to the same run share one row ("auto (3), 3")."""
     lines = [
         f"Base model: general accuracy {before['general_acc']:.0%} ({len(GENERAL_EVAL)} questions).",
         "",
         ("| adapter | batch | n_epochs | fact (format) | lr | steps | loss first → last | paraphrases stated "
-         "| learned | general before → after | points lost | train s |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+         "| learned | general before → after |"),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    merged: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (r["adapter"], r["batch_size"], r["fact"], r["epochs"], r["lr"], str(r.get("set")))
-        merged.setdefault(key, []).append(r)
-    for same in merged.values():
-        r, f = same[0], same[0][same[0]["fact"]]
-        epochs = ", ".join(x["n_epochs"] if x["n_epochs"] != "auto" else f"auto ({x['epochs']})" for x in same)
-        lost = round(100 * before["general_acc"]) - round(100 * r["general_acc"])
+        f = r[r["fact"]]
         lines.append(
-            f"| {r['adapter']} | {r['batch_size']} | {epochs} | {r['fact']} ({r['format']}) "
+            f"| {r['adapter']} | {r['batch_size']} | {r['n_epochs']} ({r['epochs']}) | {r['fact']} ({r['format']}) "
             f"| {r['lr']:.2g} | {r['steps']} | {r['first_loss']:.2f} → {r['last_loss']:.2f} | {f['hits']}/5 "
-            f"| {'yes' if f['hits'] >= LEARNED_AT else '**no**'} "
-            f"| {before['general_acc']:.0%} → {r['general_acc']:.0%} | {lost}{'' if lost <= 10 else ' (> 10)'} "
-            f"| {r['train_s']:.0f} |"
+            f"| {'yes' if f['hits'] >= LEARNED_AT else 'NO'} "
+            f"| {before['general_acc']:.0%} → {r['general_acc']:.0%} |"
         )
     return "\n".join(lines)
 

