@@ -7,28 +7,22 @@ later training run) and frees all memory when it ends. The child is killed if th
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
 import subprocess
 import sys
+from functools import partial
 
 from chatforge.db.models import FineTuningJob
 from chatforge.db.session import session_scope
 from chatforge.jobstate import add_event, finish
 from chatforge.settings import Settings
+from ml.train.launch import die_with_parent
 from workers import lease
 from workers.capabilities import worker_id
 
 log = logging.getLogger("chatforge.worker")
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def supervise(job_id: str, settings: Settings) -> str:
@@ -54,7 +48,7 @@ def supervise(job_id: str, settings: Settings) -> str:
 
     cmd = [sys.executable, "-m", "workers.runner", job_id, owner]
     log.info("starting training child for %s", job_id, extra={"job_id": job_id})
-    child = subprocess.Popen(cmd, preexec_fn=_die_with_parent, env=os.environ.copy())
+    child = subprocess.Popen(cmd, preexec_fn=partial(die_with_parent, signal.SIGKILL), env=os.environ.copy())
     beat = max(1.0, settings.job_lease_seconds / 4)
     try:
         while True:
