@@ -96,19 +96,36 @@ class LocalStorage:
         return n
 
     def put_dir(self, key: str, src: Path) -> None:
+        """Copy `src` to a fresh version folder beside the key, then swap the key's link to it in one
+        rename. A reader resolves the link once (`local_path`) and reads one version to the end; the
+        version it replaced is kept until the next publish of the key, so a reader still inside it
+        is not cut short."""
         dest = self._path(key)
-        if Path(src).resolve() == dest:
+        if Path(src).resolve() == dest.resolve():
             return  # written in place (writable_dir): already published
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".dir-", dir=dest.parent))
+        previous = self._versions(dest)
+        version = dest.parent / f"{_VERSION_PREFIX}{dest.name}-{uuid.uuid4().hex}"
         try:
-            shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=self._copy_file)
-            if dest.exists():
-                shutil.rmtree(dest)
-            tmp.rename(dest)
+            shutil.copytree(src, version, copy_function=self._copy_file)
+            link = dest.parent / f".link-{uuid.uuid4().hex}"
+            link.symlink_to(version.name)
+            if dest.is_dir() and not dest.is_symlink():  # a folder written in place earlier
+                os.rename(dest, dest.parent / f"{_VERSION_PREFIX}{dest.name}-{uuid.uuid4().hex}")
+            os.replace(link, dest)  # the swap: readers see the old version or the new one
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(version, ignore_errors=True)
             raise
+        for v in previous:  # older ones; the version just replaced stays for readers still in it
+            shutil.rmtree(v, ignore_errors=True)
+
+    def _versions(self, dest: Path) -> list[Path]:
+        """The stored versions of a folder key other than the current one."""
+        pat = re.compile(rf"^{re.escape(_VERSION_PREFIX + dest.name)}-[0-9a-f]{{32}}$")
+        current = dest.resolve() if dest.is_symlink() else None
+        if not dest.parent.is_dir():
+            return []
+        return [c for c in dest.parent.iterdir() if pat.match(c.name) and c != current]
 
     def _copy_file(self, src: str, dst: str) -> None:
         shutil.copy2(src, dst)
@@ -124,7 +141,7 @@ class LocalStorage:
     @contextmanager
     def local_path(self, key: str) -> Iterator[Path]:
         """A local path to read the object (a file or a folder). Remote stores would download here."""
-        p = self._path(key)
+        p = self._path(key).resolve()  # a folder's current version, pinned for this reader
         if not p.exists():
             raise FileNotFoundError(key)
         yield p
@@ -146,7 +163,11 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         p = self._path(key)
-        if p.is_dir():
+        if p.is_symlink():  # a published folder: the link, then every version of it
+            p.unlink()
+            for v in self._versions(p):
+                shutil.rmtree(v, ignore_errors=True)
+        elif p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
