@@ -19,6 +19,7 @@ from chatforge.db.session import session_scope
 from chatforge.jobstate import add_event
 from chatforge.settings import get_settings
 from chatforge.storage import get_storage
+from workers.dbretry import db_unreachable
 from workers.outcome import JobInputError, fail, load_context
 from workers.sink import DBSink
 
@@ -31,6 +32,9 @@ RECIPE_NAMES = {"supervised": "sft"}
 # Tests only: "oom" or "bug" makes the first reported training step fail with a real torch error (an
 # impossible allocation, a shape mismatch), to check how each cause is reported. Never set in production.
 FAULT_ENV = "CHATFORGE_FAULT_INJECTION"
+
+# Exit status of a child that could not reach the database (EX_TEMPFAIL): the supervisor requeues the job.
+EXIT_DB_UNREACHABLE = 75
 
 _OOM_MESSAGES = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
 
@@ -80,6 +84,9 @@ def main(job_id: str, owner: str) -> int:
     except DataError as e:
         fail(job_id, str(e), "invalid_training_data", "training_file")
     except Exception as e:  # noqa: BLE001 - every other failure is classified, reported, never retried
+        if db_unreachable(e):  # the database stayed down past the sink's patience: an infrastructure
+            log.error("database unreachable; exiting for a retry: %s", _first_line(e))  # fault, retried
+            return EXIT_DB_UNREACHABLE
         code = error_code(e)
         if code == "out_of_memory":
             fail(job_id, f"out of memory ({type(e).__name__}: {_first_line(e)}); lower batch_size or "

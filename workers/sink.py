@@ -18,6 +18,7 @@ from chatforge.db.session import session_scope
 from chatforge.jobstate import add_event
 from chatforge.storage import Storage
 from ml.train.servable import Servable
+from workers.dbretry import retry_db
 
 
 class DBSink:
@@ -36,8 +37,11 @@ class DBSink:
         self._control = None
 
     def log(self, message: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
-        with session_scope() as s:
-            add_event(s, self.job_id, message, level=level, data=_jsonable(data))
+        def write() -> None:
+            with session_scope() as s:
+                add_event(s, self.job_id, message, level=level, data=_jsonable(data))
+
+        retry_db(write, "logging an event")
 
     def metrics(self, step: int, values: dict[str, float], total_steps: int | None = None) -> None:
         if self.fault:
@@ -45,21 +49,24 @@ class DBSink:
         now = time.monotonic()
         if self._t0 is None:
             self._t0, self._step0 = now, step - 1
-        with session_scope() as s:
-            job = s.get(FineTuningJob, self.job_id)
-            job.step = max(job.step or 0, step)
-            if total_steps:
-                job.total_steps = total_steps
-            done = step - self._step0
-            if total_steps and done > 0:
-                per_step = (now - self._t0) / done
-                job.estimated_finish = utcnow() + timedelta(seconds=per_step * max(0, total_steps - step))
-            if "num_tokens" in values:
-                job.trained_tokens = int(values["num_tokens"])
-            data = {"step": step, "total_steps": total_steps, **_jsonable(values)}
-            parts = [f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, (int, float))]
-            add_event(s, self.job_id, f"Step {step}/{total_steps or '?'}: " + ", ".join(parts),
-                      type="metrics", data=data)
+        def write() -> None:
+            with session_scope() as s:
+                job = s.get(FineTuningJob, self.job_id)
+                job.step = max(job.step or 0, step)
+                if total_steps:
+                    job.total_steps = total_steps
+                done = step - self._step0
+                if total_steps and done > 0:
+                    per_step = (now - self._t0) / done
+                    job.estimated_finish = utcnow() + timedelta(seconds=per_step * max(0, total_steps - step))
+                if "num_tokens" in values:
+                    job.trained_tokens = int(values["num_tokens"])
+                data = {"step": step, "total_steps": total_steps, **_jsonable(values)}
+                parts = [f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, (int, float))]
+                add_event(s, self.job_id, f"Step {step}/{total_steps or '?'}: " + ", ".join(parts),
+                          type="metrics", data=data)
+
+        retry_db(write, f"recording step {step}")
 
     def checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
         path = Path(path)
@@ -74,35 +81,47 @@ class DBSink:
                     self.storage.delete(f"{parent}/{name}")
         model_id = f"{self.model_name}:ckpt-step-{step}"
         settings = {"serves_as": "reward_model"} if servable.kind == "reward_model" else {}
-        with session_scope() as s:
-            if s.scalar(select(Checkpoint.id).where(Checkpoint.job_id == self.job_id, Checkpoint.step == step)):
-                return  # a resumed attempt re-reported it
-            s.add(Checkpoint(job_id=self.job_id, step=step, metrics=_jsonable(metrics), model_id=model_id))
-            if s.get(Model, model_id) is None:
-                s.add(Model(id=model_id, project_id=self.project_id, kind="checkpoint", parent=self.model_name,
-                            root=self.root, storage_key=_key(key, servable, path),
-                            is_adapter=servable.is_adapter, job_id=self.job_id, step=step, settings=settings))
-            add_event(s, self.job_id, f"Checkpoint saved at step {step}: {model_id}",
-                      data={"step": step, "model": model_id, **_jsonable(metrics)})
+        def write() -> bool:
+            with session_scope() as s:
+                if s.scalar(select(Checkpoint.id).where(Checkpoint.job_id == self.job_id, Checkpoint.step == step)):
+                    return False  # a resumed attempt re-reported it
+                s.add(Checkpoint(job_id=self.job_id, step=step, metrics=_jsonable(metrics), model_id=model_id))
+                if s.get(Model, model_id) is None:
+                    s.add(Model(id=model_id, project_id=self.project_id, kind="checkpoint", parent=self.model_name,
+                                root=self.root, storage_key=_key(key, servable, path),
+                                is_adapter=servable.is_adapter, job_id=self.job_id, step=step, settings=settings))
+                add_event(s, self.job_id, f"Checkpoint saved at step {step}: {model_id}",
+                          data={"step": step, "model": model_id, **_jsonable(metrics)})
+            return True
+
+        if not retry_db(write, f"registering checkpoint {step}"):
+            return
         self._forget_rotated()
 
     def _forget_rotated(self) -> None:
         """Checkpoints the trainer rotated away are no longer listed or servable."""
-        with session_scope() as s:
-            for c in s.scalars(select(Checkpoint).where(Checkpoint.job_id == self.job_id)):
-                m = s.get(Model, c.model_id)
-                if m is not None and not self.storage.exists(m.storage_key):
-                    s.delete(m)
-                    s.delete(c)
+        def write() -> None:
+            with session_scope() as s:
+                for c in s.scalars(select(Checkpoint).where(Checkpoint.job_id == self.job_id)):
+                    m = s.get(Model, c.model_id)
+                    if m is not None and not self.storage.exists(m.storage_key):
+                        s.delete(m)
+                        s.delete(c)
+
+        retry_db(write, "forgetting rotated checkpoints")
 
     def control(self):
         now = time.monotonic()
         if now - self._last_control_check >= 0.5:
             self._last_control_check = now
-            with session_scope() as s:
-                job = s.get(FineTuningJob, self.job_id)
-                self._control = job.requested if job.requested in ("cancel", "pause") else (
-                    "cancel" if job.status not in ("running",) else None)
+
+            def read():
+                with session_scope() as s:
+                    job = s.get(FineTuningJob, self.job_id)
+                    return job.requested if job.requested in ("cancel", "pause") else (
+                        "cancel" if job.status not in ("running",) else None)
+
+            self._control = retry_db(read, "reading the job's control request")
         return self._control
 
 

@@ -21,6 +21,7 @@ from chatforge.settings import Settings
 from ml.train.launch import die_with_parent
 from workers import lease
 from workers.capabilities import worker_id
+from workers.dbretry import db_unreachable, retry_db
 
 log = logging.getLogger("chatforge.worker")
 
@@ -57,34 +58,47 @@ def supervise(job_id: str, settings: Settings) -> str:
                 break
             except subprocess.TimeoutExpired:
                 pass
-            with session_scope() as s:
-                if not lease.renew(s, job_id, owner, settings.job_lease_seconds):
-                    log.warning("lost the lease on %s; stopping the child", job_id)
-                    child.kill()
-                    child.wait()
-                    return "lease lost"
+            try:
+                with session_scope() as s:
+                    renewed = lease.renew(s, job_id, owner, settings.job_lease_seconds)
+            except Exception as e:
+                if not db_unreachable(e):
+                    raise
+                # the database is restarting: nobody can take the job meanwhile, so the child keeps
+                # training; the next renewal that gets through says whether the lease is still ours
+                log.warning("database unreachable renewing the lease on %s; the child keeps running", job_id)
+                continue
+            if not renewed:
+                log.warning("lost the lease on %s; stopping the child", job_id)
+                child.kill()
+                child.wait()
+                return "lease lost"
     except BaseException:
         child.kill()
         raise
 
-    with session_scope() as s:
-        job = s.get(FineTuningJob, job_id)
-        if rc != 0 and job.status == "running":
-            reason = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
-            if job.attempts >= settings.max_job_attempts:
-                finish(s, job, "failed", error={
-                    "code": "worker_crashed",
-                    "message": f"The training process died ({reason}) on {job.attempts} attempts; "
-                               "last cause: likely out of memory or killed.", "param": None},
-                    message=f"Training process died ({reason}); giving up after {job.attempts} attempts.")
-            else:
-                job.status = "queued"
-                add_event(s, job_id, f"Training process died ({reason}); requeued to resume from the last "
-                                     "checkpoint.", level="warning")
-        s.flush()
-        requeue = job.status == "queued"
-        requires = job.requires
-        lease.release(s, job_id, owner)
+    def settle() -> tuple[bool, str]:
+        with session_scope() as s:
+            job = s.get(FineTuningJob, job_id)
+            if rc != 0 and job.status == "running":
+                reason = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
+                if job.attempts >= settings.max_job_attempts:
+                    finish(s, job, "failed", error={
+                        "code": "worker_crashed",
+                        "message": f"The training process died ({reason}) on {job.attempts} attempts; "
+                                   "last cause: likely out of memory or killed.", "param": None},
+                        message=f"Training process died ({reason}); giving up after {job.attempts} attempts.")
+                else:
+                    job.status = "queued"
+                    add_event(s, job_id, f"Training process died ({reason}); requeued to resume from the last "
+                                         "checkpoint.", level="warning")
+            s.flush()
+            requeue = job.status == "queued"
+            requires = job.requires
+            lease.release(s, job_id, owner)
+        return requeue, requires
+
+    requeue, requires = retry_db(settle, f"recording how {job_id}'s training process ended")
     if requeue:
         from chatforge.queue import enqueue_job
 

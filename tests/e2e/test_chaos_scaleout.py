@@ -1,0 +1,289 @@
+"""Chaos in scale-out mode: an API process and two worker processes on their own PostgreSQL server, their
+own Redis server and a size-limited data disk, each of which this module restarts, kills or fills while
+jobs run.
+
+Every scenario checks the same promises: the job succeeds exactly once (one "succeeded" event), its loss
+curve (the metrics file and the metrics events) has every step from 1 to N once, no checkpoint or model is
+half-written (the fine-tuned model and its newest checkpoint answer a chat completion), and the API answers
+again without anybody restarting it (except where the API itself is the process that was killed)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2 as httpx
+import openai
+import pytest
+
+from tests.conftest import FAST_JOBS
+from tests.support.data import sft_rows, write_jsonl
+from tests.support.service import free_port, spawn, start_service, wait_http
+from tests.workers.test_chaos import method, training_children, wait_until
+
+PG_BIN = Path("/usr/local/bin")
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+DISK_MB = 160  # the data disk: room for the uploads and checkpoints of this module's jobs, not much more
+
+
+# -- our own PostgreSQL, Redis and data disk ----------------------------------------------------------------
+
+
+def _as_postgres(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    """initdb and postgres refuse to run as root; run them as the postgres account when we are root."""
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+
+
+class OwnPostgres:
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="chatforge-chaos-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self.dir.chmod(0o755)
+        self.data, self.port = self.dir / "data", free_port()
+        out = _as_postgres([str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                            "--no-sync"])
+        assert out.returncode == 0, out.stderr
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/chatforge"
+
+    def ctl(self, *args: str) -> None:
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        out = _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "pg.log"),
+                            "-o", opts, "-w", "-t", "60", *args])
+        assert out.returncode == 0, (args, out.stdout, out.stderr, self.log())
+
+    def log(self) -> str:
+        try:
+            return (self.dir / "pg.log").read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def create_database(self) -> None:
+        from sqlalchemy import create_engine, text
+
+        admin = create_engine(self.url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text("CREATE DATABASE chatforge"))
+        admin.dispose()
+
+
+@contextmanager
+def own_postgres() -> Iterator[OwnPostgres]:
+    pg = OwnPostgres()
+    try:
+        pg.ctl("start")
+        pg.create_database()
+        yield pg
+    finally:
+        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(pg.data), "-m", "immediate", "-w", "stop"])
+        shutil.rmtree(pg.dir, ignore_errors=True)
+
+
+class OwnRedis:
+    """A Redis server that keeps nothing on disk: a restart comes back empty, as after losing its host."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.folder / "redis.log", "ab")
+        self.proc = subprocess.Popen([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
+                                     stdout=log, stderr=subprocess.STDOUT)
+        import redis
+
+        r = redis.Redis(port=self.port)
+        wait_until(lambda: _pings(r), what="redis-server to start", timeout=20)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # no chance to save anything
+            self.proc.wait()
+
+
+def _pings(r) -> bool:
+    try:
+        return bool(r.ping())
+    except Exception:
+        return False
+
+
+@contextmanager
+def own_redis(folder: Path) -> Iterator[OwnRedis]:
+    r = OwnRedis(folder)
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@contextmanager
+def small_disk(folder: Path, mb: int) -> Iterator[bool]:
+    """`folder` becomes a tmpfs of `mb` MiB (a full disk gives ENOSPC, like a real one); yields whether the
+    mount worked (it needs CAP_SYS_ADMIN)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(folder)],
+                        capture_output=True).returncode == 0
+    try:
+        yield ok
+    finally:
+        if ok:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+# -- the service --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scaleout(tmp_path_factory, tiny_model_path):
+    root = tmp_path_factory.mktemp("chaos-scaleout")
+    with own_postgres() as pg, own_redis(root) as rd, small_disk(root / "data", DISK_MB) as mounted:
+        svc = start_service(root / "data", pg.url, rd.url, workers=2, models={"tiny-llama": tiny_model_path},
+                            **FAST_JOBS)
+        svc.pg, svc.redis, svc.disk_mounted = pg, rd, mounted
+        try:
+            yield svc
+        finally:
+            svc.stop()
+
+
+@pytest.fixture(scope="module")
+def key(scaleout):
+    return scaleout.key("chaos-scaleout")
+
+
+def _client(svc, key) -> openai.OpenAI:
+    return openai.OpenAI(base_url=svc.v1, api_key=key, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def client(scaleout, key):
+    return _client(scaleout, key)
+
+
+@pytest.fixture(scope="module")
+def train_file(client, tmp_path_factory):
+    p = write_jsonl(tmp_path_factory.mktemp("d") / "t.jsonl", sft_rows(24))
+    return client.files.create(file=p.open("rb"), purpose="fine-tune")
+
+
+# -- polling that tolerates the outage itself ---------------------------------------------------------------
+
+
+def _retrieve(client, job_id):
+    """The job, or None while the API cannot answer (the outage being tested)."""
+    try:
+        return client.fine_tuning.jobs.retrieve(job_id)
+    except (openai.APIConnectionError, openai.InternalServerError, openai.APIStatusError):
+        return None
+
+
+def wait_job(client, job_id, cond, what: str, timeout: float = 240):
+    end = time.monotonic() + timeout
+    job = None
+    while time.monotonic() < end:
+        job = _retrieve(client, job_id) or job
+        if job is not None and (cond(job) or job.status in ("succeeded", "failed", "cancelled")):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}: {job}")
+
+
+def finished(client, job_id, timeout: float = 300):
+    return wait_job(client, job_id, lambda j: False, "the job to finish", timeout)
+
+
+def step_of(job) -> int:
+    return (job.model_extra or {}).get("step") or 0
+
+
+def api_answers_within(client, seconds: float) -> float:
+    """Seconds until the API answers a plain read again (it must, without anybody restarting it)."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            client.models.list()
+            return time.monotonic() - t0
+        except (openai.APIConnectionError, openai.APIStatusError):
+            if time.monotonic() - t0 > seconds:
+                raise
+            time.sleep(0.2)
+
+
+# -- what every scenario checks -----------------------------------------------------------------------------
+
+
+def assert_succeeded_once_with_whole_curve(client, job, steps: int) -> list[int]:
+    """The job succeeded exactly once, its loss curve has steps 1..N once each, its model and newest
+    checkpoint serve. Returns the metric steps of the events, oldest first (attempts may replay steps
+    after the checkpoint they resume from; the curve keeps each step once)."""
+    assert job.status == "succeeded", job.error
+    events = list(reversed(client.fine_tuning.jobs.list_events(job.id, limit=1000).data))  # oldest first
+    succeeded = [e for e in events if e.message.startswith("The job has successfully completed")]
+    assert len(succeeded) == 1, [e.message for e in events]
+    assert sum(e.message.startswith("Job failed") for e in events) == 0, [e.message for e in events]
+
+    metric_steps = [e.data["step"] for e in events if e.type == "metrics"]
+    assert set(metric_steps) == set(range(1, steps + 1)), metric_steps
+    # the loss curve a user downloads: one row per step, 1..N, none missing, none twice, a number each
+    assert len(job.result_files) == 1
+    rows = list(csv.DictReader(io.StringIO(client.files.content(job.result_files[0]).read().decode())))
+    assert [int(r["step"]) for r in rows] == list(range(1, steps + 1)), [r["step"] for r in rows]
+    assert all(float(r["train_loss"]) > 0 for r in rows)
+
+    # no half-written model: the fine-tuned model and its newest checkpoint load and answer
+    assert len([m for m in client.models.list().data if m.id == job.fine_tuned_model]) == 1
+    for model in (job.fine_tuned_model, client.fine_tuning.jobs.checkpoints.list(job.id).data[0]
+                  .fine_tuned_model_checkpoint):
+        r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "What is 2 plus 2?"}],
+                                           max_tokens=4, temperature=0)
+        assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens >= 1
+    return metric_steps
+
+
+def assert_contiguous_attempts(metric_steps: list[int], every: int) -> None:
+    """Within an attempt the steps go up one at a time; a later attempt starts right after a checkpoint."""
+    for prev, cur in zip(metric_steps, metric_steps[1:]):
+        assert cur == prev + 1 or (cur <= prev and (cur - 1) % every == 0), metric_steps
+
+
+# -- scenarios ----------------------------------------------------------------------------------------------
+
+
+def test_postgres_restarted_mid_job(scaleout, client, train_file):
+    steps, every = 30, 5
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id, method=method(steps, every))
+    job = wait_job(client, job.id, lambda j: step_of(j) >= 8, "step 8")
+    assert job.status == "running" and step_of(job) < steps
+    t0 = time.monotonic()
+    scaleout.pg.ctl("-m", "immediate", "stop")  # a crash: every open connection is cut
+    time.sleep(3)
+    assert _retrieve(client, job.id) is None  # the outage is real: the API cannot read the job
+    scaleout.pg.ctl("start")
+    down = time.monotonic() - t0
+    recovered = api_answers_within(client, 30)
+    job = finished(client, job.id)
+    metric_steps = assert_succeeded_once_with_whole_curve(client, job, steps)
+    # a few seconds of database downtime cost the run nothing: the training process waited for the
+    # database and carried on, one attempt, every step reported once
+    assert job.model_extra["attempts"] == 1, job.model_extra
+    assert metric_steps == list(range(1, steps + 1)), metric_steps
+    assert all(p.popen.poll() is None for p in (scaleout.api, *scaleout.workers))  # nobody restarted by hand
+    print(f"postgres down {down:.1f}s; API answered {recovered:.1f}s after; attempts {job.model_extra['attempts']};"
+          f" metric events {len(metric_steps)} for {steps} steps")
