@@ -287,3 +287,36 @@ def test_postgres_restarted_mid_job(scaleout, client, train_file):
     assert all(p.popen.poll() is None for p in (scaleout.api, *scaleout.workers))  # nobody restarted by hand
     print(f"postgres down {down:.1f}s; API answered {recovered:.1f}s after; attempts {job.model_extra['attempts']};"
           f" metric events {len(metric_steps)} for {steps} steps")
+
+
+def test_redis_restarted_empty_while_jobs_queued_and_running(scaleout, client, train_file):
+    import redis
+
+    steps = {"a": 12, "b": 12, "c": 6}
+    jobs = {name: client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id,
+                                                 method=method(n, 4)) for name, n in steps.items()}
+    # two workers, one job each: a and b run (in that order of wake-ups), c waits in Redis for a free worker
+    for name in ("a", "b"):
+        wait_job(client, jobs[name].id, lambda j: step_of(j) >= 2, f"job {name} to train")
+    broker = redis.Redis.from_url(scaleout.redis.url)
+    assert broker.llen("jobs") >= 1  # c's wake-up (and maybe a reconciler's duplicate) is queued
+    assert _retrieve(client, jobs["c"].id).status == "queued"
+
+    scaleout.redis.stop()  # Redis dies with everything in memory: c's wake-up, a's and b's unacked ones
+    time.sleep(2)
+    scaleout.redis.start()
+    assert broker.llen("jobs") == 0 and not broker.keys("*")  # it came back empty
+    recovered = api_answers_within(client, 30)
+
+    done = {name: finished(client, job.id, timeout=300) for name, job in jobs.items()}
+    for name, job in done.items():
+        metric_steps = assert_succeeded_once_with_whole_curve(client, job, steps[name])
+        # the database is the truth: running jobs never needed Redis, the queued one was sent again by a
+        # worker's reconciler; nobody ran a job twice
+        assert job.model_extra["attempts"] == 1, (name, job.model_extra)
+        assert metric_steps == list(range(1, steps[name] + 1)), (name, metric_steps)
+    assert all(p.popen.poll() is None for p in (scaleout.api, *scaleout.workers))
+    # a job created now is woken up through the new Redis at once
+    fresh = client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id, method=method(2, 10))
+    assert finished(client, fresh.id, timeout=120).status == "succeeded"
+    print(f"API answered {recovered:.1f}s after Redis came back")
