@@ -320,8 +320,7 @@ def serve(
     skip_model: Annotated[bool, typer.Option("--skip-model", help="do not install the default base model")] = False,
 ) -> None:
     """Migrate, install the default model, run the API and a worker."""
-    import uvicorn
-
+    from chatforge.httpserver import serve as serve_http
     from chatforge.logs import setup_logging
 
     _apply_data_dir(data_dir)
@@ -352,11 +351,8 @@ def serve(
 
     print(f"API on http://{host}:{port}/v1 (console at http://{host}:{port}/)", flush=True)
     try:
-        # limits against hostile clients (docs/api.md, "Limits"): h11 refuses request heads over 32 KiB
-        # with a 400; past 1000 connections new requests get a 503; idle keep-alive connections close after 5 s
-        uvicorn.run("api.main:create_app", factory=True, host=host, port=port,
-                    log_config=None, timeout_graceful_shutdown=5, http="h11",
-                    h11_max_incomplete_event_size=32 * 1024, limit_concurrency=1000, timeout_keep_alive=5)
+        # limits against hostile clients (docs/api.md, "Operations"): head size and time, connections, keep-alive
+        serve_http(host, port, head_timeout=settings.http_header_timeout_seconds)
     except KeyboardInterrupt:
         pass
     finally:

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
         "", description="Server folders that POST /v1/files/import may read local datasets from, separated by "
         "the OS path separator (':'); empty: only hub ids, no server paths.",
     )
+    http_header_timeout_seconds: float = Field(
+        10, ge=0, description="A client must send a whole request head (request line and headers) within this "
+        "many seconds of opening the connection, or of the first byte of a later request on it; otherwise the "
+        "connection is answered 408 and closed (slow clients holding connections). 0 turns the limit off.",
+    )
     log_format: str = Field("json", description='"json" for structured logs, "text" for humans.')
     sync_validation_max_bytes: int = Field(
         16 * 1024 * 1024,

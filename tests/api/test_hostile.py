@@ -196,14 +196,14 @@ def test_bad_text_in_upload_api_fields(service, key_a):
 
 
 def test_huge_headers_are_refused(service):
-    """A request head still incomplete past 32 KiB is answered 400 and the connection closed."""
+    """A request head past 32 KiB is answered 431 and the connection closed."""
     host, port = service.base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (40 << 10))
         got = b""
         while chunk := sock.recv(65536):
             got += chunk
-    assert got.startswith(b"HTTP/1.1 400"), got[:200]
+    assert got.startswith(b"HTTP/1.1 431"), got[:200]
     _healthy(service)
 
 
