@@ -123,6 +123,8 @@ def main() -> None:
     p.add_argument("--plan", choices=("full", "rotate"), default="full",
                    help="full: every fact for every setting; rotate: one fact per setting (a third of the time)")
     p.add_argument("--offset", type=int, default=0, help="rotate: shift which fact goes with which setting")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                   help="a training setting for every run, e.g. --set retain_base=0 (repeatable)")
     p.add_argument("--check-general", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--before", type=Path, default=None,
@@ -145,6 +147,7 @@ def main() -> None:
     if args.check_general:
         return
 
+    settings = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     facts = [f for f in FACTS if f.name in args.facts.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,7 +163,8 @@ def main() -> None:
                     for f in chosen:
                         path, n = data[f.name]
                         epochs = "auto" if ep == "auto" else int(ep)
-                        cfg = SupervisedConfig(adapter=adapter, batch_size=bs, n_epochs=epochs)
+                        cfg = SupervisedConfig.from_dict({"adapter": adapter, "batch_size": bs, "n_epochs": epochs,
+                                                          **settings})
                         if lr:
                             cfg = replace(cfg, learning_rate=lr)
                         key = (f.name, auto_epochs(n) if epochs == "auto" else epochs)

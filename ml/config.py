@@ -25,6 +25,7 @@ BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 # learning_rate_multiplier "auto" at batch size 4, per adapter, and its bounds. Calibrated with
 # bench/fact_sweep.py (docs/training-defaults.md): ~40 examples must be learned in 15-120 steps. QLoRA
 # learns slower on its 4-bit base (at batch 8, 5.7e-4 missed a fact that 8e-4 taught).
+AUTO_RETAIN_BASE = 4.0  # weight of the replay penalty toward the base model's answers (ml.train.retain)
 AUTO_LR_MULTIPLIER_AT_BATCH_4 = {"lora": 2.0, "qlora": 2.8, "full": 2.0}
 AUTO_LR_MULTIPLIER_RANGE = (1.0, 5.0)
 # Examples per forward pass are chosen so one micro-batch holds about this many tokens.
@@ -278,10 +279,18 @@ class SupervisedConfig(_DictMixin):
     """Newest complete checkpoints kept on disk; older ones are deleted."""
     seed: int = field(default=42, metadata=integer(0, 2**32 - 1))
     """Seed for shuffling, dropout and adapter initialisation: same seed + data = same run."""
+    retain_base: float | Auto = field(default=AUTO, metadata=number(0.0, 100.0, auto=True))
+    """Weight of a penalty that keeps the model's answers to general prompts close to the base model's
+    (replay of the base model's own answers, computed at the start; ml.train.retain), so that a small file
+    is learned without losing general answers. 0 turns it off. "auto": 4 for lora/qlora on one process,
+    0 for full fine-tuning, DeepSpeed and several processes (which it does not support)."""
 
     def _check(self) -> None:
         if self.deepspeed is not None and self.adapter == "qlora":
             raise ConfigError("deepspeed", "DeepSpeed cannot train a bitsandbytes-quantised (qlora) model")
+        if self.retain_base not in (AUTO, 0, 0.0) and (self.adapter == "full" or self.deepspeed is not None):
+            raise ConfigError("retain_base", "needs an adapter (lora or qlora) without DeepSpeed: the base model "
+                              "it keeps close to is the adapter switched off")
         self._check_batch_split()
 
     def _check_batch_split(self) -> None:
@@ -308,6 +317,7 @@ class SupervisedConfig(_DictMixin):
             self.bf16,
             self.eval_interval,
             self.checkpoint_interval,
+            self.retain_base,
         )
 
     @property
@@ -398,6 +408,9 @@ def resolve_auto(
     )
     steps_per_epoch = max(1, math.ceil(n_examples / batch))
     total = c.max_steps or steps_per_epoch * epochs
+    retain_ok = c.adapter in ("lora", "qlora") and c.deepspeed is None and n_devices == 1
+    if c.retain_base not in (AUTO, 0, 0.0) and not retain_ok:
+        raise ConfigError("retain_base", f"is not supported on {n_devices} processes; set it to 0")
     return replace(
         c,
         n_epochs=epochs,
@@ -410,6 +423,7 @@ def resolve_auto(
         checkpoint_interval=min(steps_per_epoch, 250)
         if c.checkpoint_interval == AUTO
         else c.checkpoint_interval,
+        retain_base=(AUTO_RETAIN_BASE if retain_ok else 0.0) if c.retain_base == AUTO else c.retain_base,
     )
 
 

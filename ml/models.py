@@ -60,7 +60,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     torch_dtype = TORCH_DTYPES.get(dtype, torch.float32)
-    kwargs = dict(dtype=torch_dtype, trust_remote_code=False, use_safetensors=True)
+    kwargs = {"dtype": torch_dtype, "trust_remote_code": False, "use_safetensors": True}
     qc = quantization_config(quantization, torch_dtype)
     if qc is not None:
         kwargs["quantization_config"] = qc

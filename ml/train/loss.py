@@ -20,13 +20,13 @@ PLAIN_HEAD_MODEL_TYPES = frozenset(
 )
 
 
-def _causal_lm(model):
+def causal_lm(model):
     get_base = getattr(model, "get_base_model", None)  # peft wrapper -> the transformers model
     return get_base() if callable(get_base) else model
 
 
 def supports_learned_only_loss(model) -> bool:
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     cfg = getattr(lm, "config", None)
     return (
         getattr(cfg, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
@@ -40,7 +40,7 @@ def learned_only_loss(
 ) -> torch.Tensor:
     """Sum of next-token cross-entropy over learned positions, divided by num_items_in_batch (the learned
     tokens of the whole accumulated batch) or, without it, by this micro-batch's learned tokens."""
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     labels = inputs["labels"]
     model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
     hidden = lm.get_decoder()(**model_inputs, use_cache=False).last_hidden_state

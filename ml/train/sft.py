@@ -38,6 +38,7 @@ from ml.train.recipe import (
     run_identity,
     training_args,
 )
+from ml.train.retain import RetainSet, build_retain_set, retain_loss
 from ml.train.trainable import bf16_supported, load_trainable_model, runtime_report, save_trained
 
 
@@ -66,7 +67,14 @@ class TrainResult:
 
 
 class SupervisedTrainer(AtomicCheckpointMixin, Trainer):
-    """transformers Trainer with atomic checkpoints and exact token counting from the collator's n_tokens."""
+    """transformers Trainer with atomic checkpoints and exact token counting from the collator's n_tokens.
+
+    With a RetainSet (ml.train.retain) and a weight, one micro-batch of each optimizer step also pays the
+    replay penalty toward the base model's answers."""
+
+    def __init__(self, *args, retain: RetainSet | None = None, retain_weight: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.retain, self.retain_weight, self._micro_batches = retain, retain_weight, 0
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         n = inputs.pop("n_tokens", None)
@@ -91,7 +99,12 @@ class SupervisedTrainer(AtomicCheckpointMixin, Trainer):
         if not fast:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         with self.accelerator.autocast():  # accelerate autocasts model.forward, which this bypasses
-            return learned_only_loss(model, inputs, num_items_in_batch)
+            loss = learned_only_loss(model, inputs, num_items_in_batch)
+            if self.retain is not None and self.retain_weight > 0 and model.training:
+                self._micro_batches += 1
+                if self._micro_batches % self.args.gradient_accumulation_steps == 0:  # once per step
+                    loss = loss + self.retain_weight * retain_loss(model, self.retain, self.state.global_step)
+            return loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs.pop("n_tokens", None)
@@ -192,6 +205,17 @@ def run_supervised(
         config=resolved.to_dict(),
     )
 
+    retain = None
+    if resolved.retain_base and not supports_learned_only_loss(model):
+        if cfg.retain_base != "auto":
+            raise DataError(f"retain_base is not supported for {type(model).__name__}; set it to 0")
+        resolved = replace(resolved, retain_base=0.0)
+    if resolved.retain_base:
+        retain = build_retain_set(model, tokenizer)
+        if is_main():
+            sink.log(f"Base-model answers to {len(retain)} general prompts recorded; each step keeps the model "
+                     f"close to them (retain_base {resolved.retain_base:g}).", data={"retain_prompts": len(retain)})
+
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = PackedCollator(pad_id, resolved.max_seq_length) if resolved.packing else PaddedCollator(pad_id)
     callback = SinkCallback(sink, n_examples=len(train))
@@ -203,6 +227,8 @@ def run_supervised(
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=[callback, *(callbacks or [])],
+        retain=retain,
+        retain_weight=float(resolved.retain_base or 0.0),
     )
     run = fit(trainer, callback, start_from, identity)
     metrics = {k: v for k, v in run.metrics.items() if k in ("train_loss", "valid_loss")}

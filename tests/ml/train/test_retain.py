@@ -1,0 +1,74 @@
+"""The replay penalty toward the base model's own answers (ml.train.retain) on the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel
+
+from ml.config import ConfigError, SupervisedConfig, resolve_auto
+from ml.models import load_causal_lm, load_tokenizer
+from ml.train.retain import RETAIN_PROMPTS, build_retain_set, retain_loss
+from ml.train.sft import run_supervised
+from ml.train.trainable import load_trainable_model
+from tests.ml.train.conftest import StopAtSink
+from tests.ml.train.test_sft import cfg
+
+
+def mean_retain_kl(model, rs) -> float:
+    with torch.no_grad():
+        return sum(float(retain_loss(model, rs, i)) for i in range(len(rs))) / len(rs)
+
+
+def test_the_retain_set_is_the_base_models_answers_and_costs_nothing_before_training(tiny_model_path):
+    tok = load_tokenizer(tiny_model_path)
+    model = load_trainable_model(tiny_model_path, "lora")
+    rs = build_retain_set(model, tok, answer_tokens=8)
+    assert len(rs) == len(RETAIN_PROMPTS)
+    for i in range(len(rs)):
+        n = int(rs.attention_mask[i].sum())
+        assert 1 <= len(rs.positions[i]) <= 9 and int(rs.positions[i][-1]) == n - 2  # predicts the last token
+        assert torch.allclose(rs.top_probs[i].sum(-1), torch.ones(len(rs.positions[i])), atol=1e-5)
+    # a fresh adapter changes nothing (LoRA's B starts at 0): the model is the base, the penalty 0
+    assert mean_retain_kl(model, rs) < 1e-5
+    # and it is a real distance: nudge the adapter and it grows
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.05 * torch.randn_like(p))
+    assert mean_retain_kl(model, rs) > 1e-3
+
+
+def test_auto_is_on_for_adapters_on_one_process_and_off_where_unsupported():
+    def resolved(devices=1, **kw):
+        return resolve_auto(SupervisedConfig.from_dict(kw), 40, 4000, devices).retain_base
+
+    assert resolved(adapter="lora") == resolved(adapter="qlora") == 4.0
+    assert resolved(adapter="full") == 0.0
+    assert resolved(adapter="lora", devices=2) == 0.0
+    assert resolved(adapter="lora", retain_base=0) == 0.0
+    assert resolved(adapter="lora", retain_base=3) == 3.0
+    with pytest.raises(ConfigError, match="retain_base"):
+        SupervisedConfig.from_dict({"adapter": "full", "retain_base": 1})
+    with pytest.raises(ConfigError, match="retain_base"):
+        resolved(adapter="lora", retain_base=1, devices=2)
+
+
+def test_training_with_the_penalty_stays_closer_to_the_base_and_still_learns(tiny_model_path, word_data, tmp_path):
+    train, _ = word_data
+    tok = load_tokenizer(tiny_model_path)
+    reference = build_retain_set(load_trainable_model(tiny_model_path, "lora"), tok)
+    kls, losses = {}, {}
+    for weight in (0, 5):
+        sink = StopAtSink()
+        r = run_supervised(cfg(n_epochs=3, learning_rate=5e-2, retain_base=weight), tiny_model_path, train, None,
+                           tmp_path / f"w{weight}", sink)
+        assert r.status == "succeeded" and r.config.retain_base == weight
+        assert any("general prompts recorded" in m for m in sink.messages()) == bool(weight)
+        trained = PeftModel.from_pretrained(load_causal_lm(tiny_model_path), str(r.model_dir))
+        kls[weight] = mean_retain_kl(trained, reference)
+        steps = [v["train_loss"] for _, v in sink.steps if "train_loss" in v]
+        losses[weight] = (steps[0], sum(steps[-4:]) / 4)
+    assert kls[5] < 0.5 * kls[0], kls  # the penalty keeps general answers close to the base model's
+    first, last = losses[5]  # the logged loss includes the penalty, so the file's own loss fell at least this much
+    assert last < first - 0.05, losses  # still learned (LoRA over a frozen random tiny model learns slowly)
