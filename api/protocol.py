@@ -1,8 +1,8 @@
 """OpenAI wire schemas for chat and legacy completions (one definition each).
 
-Every parameter OpenAI defines is either honoured or refused with a 400 that names it; nothing is
-silently ignored. Fields we accept but that do not change generation (user, metadata, store) are
-documented as such.
+Every parameter OpenAI defines is either honoured or refused with a 400 that names it, and so is any
+key nobody defines ("Unrecognized request argument supplied: <key>"); nothing is silently ignored.
+Fields we accept but that do not change generation (user, metadata, store, ...) are documented as such.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# OpenAI parameters this server does not implement: a request using them gets a 400 naming them.
+# OpenAI parameters this server does not implement: a request using them gets a 400 naming them. Those
+# mapped to None are accepted and change nothing (their types are in NO_OP_TYPES, for the wire schema).
 UNSUPPORTED = {
     "functions": "the deprecated functions parameter is not supported; use tools",
     "function_call": "the deprecated function_call parameter is not supported; use tool_choice",
@@ -24,11 +25,38 @@ UNSUPPORTED = {
     "echo": "echo is not supported",
     "suffix": "suffix (insertion) is not supported",
     "reasoning_effort": "reasoning_effort is not supported",
+    "verbosity": "verbosity is not supported",
+    "moderation": "moderation is not supported",
     "service_tier": None,  # accepted, no effect (there is one tier)
     "user": None,
     "metadata": None,
     "store": None,
+    "safety_identifier": None,
+    "prompt_cache_key": None,  # prefixes are cached automatically, whatever the key
+    "prompt_cache_retention": None,
+    "prompt_cache_options": None,
 }
+NO_OP_TYPES = {"user": "string", "metadata": "object", "store": "boolean", "service_tier": "string",
+               "safety_identifier": "string", "prompt_cache_key": "string", "prompt_cache_retention": "string",
+               "prompt_cache_options": "object", "stream_options": "object"}
+
+
+def refused_parameter(extra: dict[str, Any] | None, known: dict[str, str | None]) -> tuple[str, str, str] | None:
+    """The first key of a request's extra (undeclared) fields that gets a 400, as (param, message, code):
+    a parameter in `known` with a reason it is not supported (unless sent empty: null, false, [] or {}),
+    or one nobody defines, in OpenAI's words. Keys `known` maps to None are accepted without effect."""
+    for name, value in (extra or {}).items():
+        if name not in known:
+            return name, f"Unrecognized request argument supplied: {name}", "unknown_parameter"
+        if known[name] is not None and value not in (None, False, [], {}):
+            return name, f"{name}: {known[name]}", "unsupported_parameter"
+    return None
+
+
+def no_op_properties(known: dict[str, str | None]) -> dict[str, dict[str, str]]:
+    """Wire-schema properties of the parameters accepted without effect."""
+    return {name: {"type": NO_OP_TYPES[name], "description": "accepted; no effect"}
+            for name, why in known.items() if why is None}
 
 
 class ToolCallFunction(BaseModel):
@@ -125,10 +153,7 @@ class NamedToolChoice(BaseModel):
 def _documented_extras(schema: dict[str, Any]) -> None:
     """The wire schema: a key outside it is a 400 naming it, except OpenAI's no-op ones (UNSUPPORTED: None)."""
     schema["additionalProperties"] = False
-    no_op = {"user": {"type": "string"}, "metadata": {"type": "object"}, "store": {"type": "boolean"},
-             "service_tier": {"type": "string"}}
-    for name, sub in no_op.items():
-        schema["properties"][name] = {**sub, "description": "accepted; no effect"}
+    schema["properties"].update(no_op_properties(UNSUPPORTED))
 
 
 class _Sampling(BaseModel):
@@ -157,14 +182,9 @@ class _Sampling(BaseModel):
             raise ValueError("stop sequences must be non-empty")
         return v
 
-    def unsupported(self) -> tuple[str, str] | None:
-        for name, value in (self.model_extra or {}).items():
-            if name in UNSUPPORTED:
-                if UNSUPPORTED[name] is not None and value not in (None, False, [], {}):
-                    return name, UNSUPPORTED[name]
-            else:
-                return name, f"unknown parameter {name!r}"
-        return None
+    def unsupported(self) -> tuple[str, str, str] | None:
+        """(param, message, code) of the first parameter refused with a 400 (see refused_parameter)."""
+        return refused_parameter(self.model_extra, UNSUPPORTED)
 
 
 class ChatCompletionRequest(_Sampling):
@@ -188,7 +208,12 @@ class ChatCompletionRequest(_Sampling):
     def limit(self) -> int | None:
         """None = OpenAI's default for chat: whatever room the context leaves after the prompt (the
         engine bounds it by its max_total_tokens, itself at most the model's context)."""
-        return self.max_completion_tokens or self.max_tokens
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def limit_param(self) -> str:
+        """The field `limit` comes from, as the client spelled it (errors about the limit name it)."""
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
 
 # OpenAI's default for the legacy endpoint (also when max_tokens is sent as null).

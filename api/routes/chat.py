@@ -71,7 +71,8 @@ async def _submit(engine, target: Target, prompt_ids: list[int], body, n: int, l
 def _check(body) -> None:
     bad = body.unsupported()
     if bad:
-        raise BadRequest(f"{bad[0]}: {bad[1]}", param=bad[0], code="unsupported_parameter")
+        param, message, code = bad
+        raise BadRequest(message, param=param, code=code)
 
 
 def _logprobs_obj(engine, lps) -> dict | None:
@@ -160,6 +161,16 @@ def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+def usage_obj(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    """OpenAI's usage: cached_tokens are prompt tokens the engine took from its prefix cache (for n > 1,
+    the most any choice took: they all share the prompt)."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+
+
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, session: SessionDep,
                            project: ProjectDep):
@@ -174,7 +185,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sessio
     gen = await start_chat(
         hub(request), target, messages, tools=body.tool_dicts(), tool_choice=body.tool_choice_value(),
         response_format=body.response_format.to_dict() if body.response_format else None,
-        parallel_tool_calls=body.parallel_tool_calls, max_tokens=body.limit, temperature=body.temperature,
+        parallel_tool_calls=body.parallel_tool_calls, max_tokens=body.limit, max_tokens_param=body.limit_param,
+        temperature=body.temperature,
         top_p=body.top_p, seed=body.seed, stop=body.stop, presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
         n=body.n)
@@ -194,8 +206,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sessio
                             "logprobs": _logprobs_obj(engine, c.logprobs) if body.logprobs else None,
                             "finish_reason": c.finish_reason})
         metrics.GENERATED.labels(target.engine_id).inc(result.completion_tokens)
-        usage = {"prompt_tokens": n_prompt, "completion_tokens": result.completion_tokens,
-                 "total_tokens": n_prompt + result.completion_tokens}
+        usage = usage_obj(n_prompt, result.completion_tokens, result.cached_tokens)
         return JSONResponse({"id": cid, "object": "chat.completion", "created": created, "model": model,
                              "choices": choices, "usage": usage, "system_fingerprint": None})
 
@@ -209,7 +220,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sessio
         return out
 
     async def events():
-        tokens = [0] * body.n
+        tokens, cached = [0] * body.n, [0] * body.n
         try:
             for i in range(body.n):
                 yield _sse(chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
@@ -217,6 +228,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sessio
             try:
                 async for d in gen.deltas:
                     tokens[d.choice] = d.completion_tokens
+                    if d.finish_reason is not None:
+                        cached[d.choice] = d.cached_tokens
                     lp = _logprobs_obj(engine, d.logprobs) if body.logprobs and d.logprobs else None
                     if d.text or lp:
                         yield _sse(chunk([{"index": d.choice, "delta": {"content": d.text}, "logprobs": lp,
@@ -231,9 +244,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sessio
                 yield _sse({"error": e.body()["error"]})
             else:
                 if include_usage:
-                    used = sum(tokens)
-                    yield _sse(chunk([], {"prompt_tokens": n_prompt, "completion_tokens": used,
-                                          "total_tokens": n_prompt + used}))
+                    yield _sse(chunk([], usage_obj(n_prompt, sum(tokens), max(cached))))
             yield "data: [DONE]\n\n"
         finally:  # client gone or finished: free the slots at the next decode step
             gen.cancel()
@@ -299,22 +310,24 @@ async def completions(body: CompletionRequest, request: Request, session: Sessio
             if _failed(r.finish_reason):
                 raise EngineFailure(r)
         n_out = sum(len(r.token_ids) for r in results)
+        cached = max((r.usage.cached_tokens for r in results if r.usage is not None), default=0)
         return {"id": cid, "object": "text_completion", "created": created, "model": body.model,
                 "choices": [{"index": i, "text": r.text, "finish_reason": r.finish_reason,
                              "logprobs": legacy_lp(r.logprobs)} for i, r in enumerate(results)],
-                "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": n_out,
-                          "total_tokens": len(prompt_ids) + n_out}}
+                "usage": usage_obj(len(prompt_ids), n_out, cached)}
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     async def events():
-        n_out = 0
+        n_out, cached = 0, 0
         try:
             async for i, ev in _merged(handles):
                 if ev.finish_reason is not None and _failed(ev.finish_reason):
                     yield _error_event(ev)
                     break
                 n_out += len(ev.token_ids)
+                if ev.usage is not None:
+                    cached = max(cached, ev.usage.cached_tokens)
                 if ev.text or ev.finish_reason:
                     yield _sse({"id": cid, "object": "text_completion", "created": created, "model": body.model,
                                 "choices": [{"index": i, "text": ev.text, "logprobs": legacy_lp(ev.logprobs),
@@ -322,8 +335,7 @@ async def completions(body: CompletionRequest, request: Request, session: Sessio
             else:
                 if include_usage:
                     yield _sse({"id": cid, "object": "text_completion", "created": created, "model": body.model,
-                                "choices": [], "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": n_out,
-                                                         "total_tokens": len(prompt_ids) + n_out}})
+                                "choices": [], "usage": usage_obj(len(prompt_ids), n_out, cached)})
             yield "data: [DONE]\n\n"
         finally:
             for h in handles:

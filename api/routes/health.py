@@ -43,6 +43,7 @@ def prometheus(request: Request, session: SessionDep) -> Response:
         for base, st in hub.stats().items():
             metrics.ENGINE_RUNNING.labels(base).set(st.running)
             metrics.ENGINE_WAITING.labels(base).set(st.waiting)
+            metrics.PREFIX_REUSED.labels(base).set(st.prefix_tokens_reused_total)
             for reason, count in st.finished_by_reason.items():
                 metrics.ENGINE_FINISHED.labels(base, reason).set(count)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -42,7 +42,8 @@ async def _client_gone(request: Request) -> None:
 def _check(body: svc.ResponseCreateRequest) -> None:
     bad = body.unsupported()
     if bad:
-        raise BadRequest(f"{bad[0]}: {bad[1]}", param=bad[0], code="unsupported_parameter")
+        param, message, code = bad
+        raise BadRequest(message, param=param, code=code)
 
 
 async def _events(builder: svc.ResponseBuilder, deltas: AsyncIterator[ChatDelta],
@@ -61,7 +62,7 @@ async def _events(builder: svc.ResponseBuilder, deltas: AsyncIterator[ChatDelta]
                     yield ev
             if d.finish_reason is not None:
                 output_tokens = d.completion_tokens
-                for ev in builder.finish(d.finish_reason, d.prompt_tokens, d.completion_tokens):
+                for ev in builder.finish(d.finish_reason, d.prompt_tokens, d.completion_tokens, d.cached_tokens):
                     yield ev
     except APIError as e:
         for ev in builder.fail(e.message):

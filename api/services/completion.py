@@ -44,6 +44,7 @@ class ChatDelta:
     finish_reason: str | None = None  # "stop" | "length" | "tool_calls" on a choice's last delta
     prompt_tokens: int = 0
     completion_tokens: int = 0  # this choice's tokens so far
+    cached_tokens: int = 0  # on a choice's last delta: prompt tokens the engine took from its prefix cache
 
 
 @dataclass
@@ -54,6 +55,7 @@ class ChatChoice:
     finish_reason: str
     logprobs: list | None = None
     completion_tokens: int = 0
+    cached_tokens: int = 0
 
 
 @dataclass
@@ -61,6 +63,7 @@ class ChatResult:
     choices: list[ChatChoice]
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens reused from the prefix cache (the most any choice reused)
 
 
 @dataclass
@@ -213,10 +216,11 @@ def _max_token_chars(tokenizer) -> int:
 
 
 def check_context(engine, tokenizer, messages: list[dict[str, Any]], n_prompt: int | None,
-                  max_tokens: int | None) -> None:
-    """Refuse a prompt (or prompt + max_tokens) the model's context cannot hold, naming the field. With
-    n_prompt None it is the cheap check before tokenizing: text longer than the context's tokens could
-    ever spell is refused without rendering it."""
+                  max_tokens: int | None, max_tokens_param: str = "max_tokens") -> None:
+    """Refuse a prompt (or prompt + max_tokens) the model's context cannot hold, naming the field (the
+    reply limit as the client spelled it: max_tokens_param). With n_prompt None it is the cheap check
+    before tokenizing: text longer than the context's tokens could ever spell is refused without
+    rendering it."""
     limit, total = engine.max_prompt_tokens, engine.max_total_tokens
     if n_prompt is None:
         chars = sum(len(m["content"]) if isinstance(m.get("content"), str) else len(str(m.get("content")))
@@ -229,8 +233,9 @@ def check_context(engine, tokenizer, messages: list[dict[str, Any]], n_prompt: i
         raise BadRequest(f"messages: the prompt has {n_prompt} tokens; this model takes at most {limit}",
                          param="messages", code="context_length_exceeded")
     if max_tokens is not None and n_prompt + max_tokens > total:
-        raise BadRequest(f"max_tokens: the prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds this "
-                         f"model's context of {total} tokens", param="max_tokens", code="context_length_exceeded")
+        raise BadRequest(f"{max_tokens_param}: the prompt ({n_prompt} tokens) + {max_tokens_param} ({max_tokens}) "
+                         f"exceeds this model's context of {total} tokens", param=max_tokens_param,
+                         code="context_length_exceeded")
 
 
 def _failed(reason: str | None) -> bool:
@@ -247,6 +252,7 @@ async def start_chat(
     response_format: dict[str, Any] | None = None,
     parallel_tool_calls: bool = True,
     max_tokens: int | None = None,
+    max_tokens_param: str = "max_tokens",
     temperature: float = 1.0,
     top_p: float = 1.0,
     seed: int | None = None,
@@ -260,7 +266,9 @@ async def start_chat(
     """Submit a chat generation (n choices) to the target's engine and return its delta stream.
 
     hub: api.services.serving.ServingHub; target: hub.target(model row). messages: OpenAI chat
-    messages as dicts (role, content text, tool_calls, tool_call_id, name). Problems found before the
+    messages as dicts (role, content text, tool_calls, tool_call_id, name). max_tokens_param: the request
+    field max_tokens came from (max_completion_tokens, max_output_tokens), named by errors about it.
+    Problems found before the
     first token (bad tools or schema, busy engine, prompt too long) raise API errors here; a generation
     that fails later raises GenerationFailed from the delta iterator."""
     from ml.data.render import render_prompt
@@ -270,12 +278,12 @@ async def start_chat(
     p = plan(tools, tool_choice, response_format, parallel_tool_calls)
     engine = await asyncio.to_thread(hub.engine_for, target)
     tokenizer = hub.tokenizer_for(engine, target)
-    await asyncio.to_thread(check_context, engine, tokenizer, messages, None, max_tokens)
+    await asyncio.to_thread(check_context, engine, tokenizer, messages, None, max_tokens, max_tokens_param)
     try:
         prompt_ids = await asyncio.to_thread(render_prompt, tokenizer, messages, True, tools or None)
     except Exception as e:  # noqa: BLE001 -- jinja TemplateError / raise_exception from the template
         raise BadRequest(f"the model's chat template cannot render these messages: {e}", param="messages") from None
-    check_context(engine, tokenizer, messages, len(prompt_ids), max_tokens)
+    check_context(engine, tokenizer, messages, len(prompt_ids), max_tokens, max_tokens_param)
     if p.grammar is not None:
         try:
             await asyncio.to_thread(engine.prepare_grammar, p.grammar)
@@ -308,12 +316,13 @@ async def start_chat(
                 if ev.finish_reason is not None and _failed(ev.finish_reason):
                     raise GenerationFailed(ev.error or f"generation ended with {ev.finish_reason!r}")
                 produced[i] += len(ev.token_ids)
+                cached = ev.usage.cached_tokens if ev.usage is not None else 0
                 parser = parsers[i]
                 if parser is None:
                     if ev.text or ev.logprobs or ev.finish_reason:
                         yield ChatDelta(i, ev.text, logprobs=list(ev.logprobs) if ev.logprobs else None,
                                         finish_reason=ev.finish_reason, prompt_tokens=n_prompt,
-                                        completion_tokens=produced[i])
+                                        completion_tokens=produced[i], cached_tokens=cached)
                     continue
                 out = list(parser.feed(ev.text))
                 if ev.finish_reason is not None:
@@ -334,7 +343,7 @@ async def start_chat(
                     finish = "tool_calls"
                 if text or calls or finish:
                     yield ChatDelta(i, text, calls, finish_reason=finish, prompt_tokens=n_prompt,
-                                    completion_tokens=produced[i])
+                                    completion_tokens=produced[i], cached_tokens=cached)
         finally:
             cancel()
 
@@ -348,6 +357,7 @@ async def collect(gen: ChatGeneration) -> ChatResult:
     lps: dict[int, list] = {}
     finish: dict[int, str] = {}
     tokens: dict[int, int] = {}
+    cached: dict[int, int] = {}
     async for d in gen.deltas:
         texts[d.choice] = texts.get(d.choice, "") + d.text
         for c in d.tool_calls:
@@ -359,10 +369,12 @@ async def collect(gen: ChatGeneration) -> ChatResult:
         tokens[d.choice] = d.completion_tokens
         if d.finish_reason:
             finish[d.choice] = d.finish_reason
+            cached[d.choice] = d.cached_tokens
     choices = []
     for i in range(len(gen.handles)):
         tc = [calls[i][k] for k in sorted(calls.get(i, {}))]
         content = texts.get(i, "")
         choices.append(ChatChoice(i, (content or None) if tc else content, tc, finish.get(i, "stop"),
-                                  lps.get(i), tokens.get(i, 0)))
-    return ChatResult(choices, gen.prompt_tokens, sum(c.completion_tokens for c in choices))
+                                  lps.get(i), tokens.get(i, 0), cached.get(i, 0)))
+    return ChatResult(choices, gen.prompt_tokens, sum(c.completion_tokens for c in choices),
+                      max((c.cached_tokens for c in choices), default=0))

@@ -17,30 +17,42 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from api.errors import APIError, BadRequest, NotFound
+from api.protocol import no_op_properties, refused_parameter
 from chatforge.db.models import Project, StoredResponse
 
 # Parameters of POST /v1/responses this server does not implement (400 naming them when set), and
-# those accepted without effect (None).
+# those accepted without effect (None). Any other key is refused too (api.protocol.refused_parameter).
 UNSUPPORTED = {
     "reasoning": "reasoning settings are not supported (no reasoning models)",
     "background": "background responses are not supported",
+    "background_options": "background responses are not supported",
     "conversation": "conversations are not supported; use previous_response_id",
     "prompt": "prompt templates are not supported",
     "max_tool_calls": "max_tool_calls is not supported",
     "top_logprobs": "top_logprobs is not supported on /v1/responses",
     "include": "include is not supported",
     "context_management": "context_management is not supported",
+    "image": "image options are not supported (text only)",
+    "moderation": "moderation is not supported",
+    "access_programs": "access programs are not supported",
     "service_tier": None,
     "user": None,
     "safety_identifier": None,
-    "prompt_cache_key": None,
+    "prompt_cache_key": None,  # prefixes are cached automatically, whatever the key
     "prompt_cache_retention": None,
+    "prompt_cache_options": None,
     "stream_options": None,
 }
 
 
+def _documented_extras(schema: dict[str, Any]) -> None:
+    """The wire schema: a key outside it is a 400 naming it, except the no-op ones (UNSUPPORTED: None)."""
+    schema["additionalProperties"] = False
+    schema["properties"].update(no_op_properties(UNSUPPORTED))
+
+
 class ResponseCreateRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_documented_extras)
     model: str
     input: str | list[dict[str, Any]] = Field(default_factory=list)
     instructions: str | None = None
@@ -57,15 +69,12 @@ class ResponseCreateRequest(BaseModel):
     truncation: Literal["disabled", "auto"] | None = None
     parallel_tool_calls: bool = True
 
-    def unsupported(self) -> tuple[str, str] | None:
+    def unsupported(self) -> tuple[str, str, str] | None:
+        """(param, message, code) of the first parameter refused with a 400."""
         if self.truncation == "auto":
-            return "truncation", "truncation 'auto' is not supported (a context that does not fit is a 400)"
-        for name, value in (self.model_extra or {}).items():
-            if name not in UNSUPPORTED:
-                return name, f"unknown parameter {name!r}"
-            if UNSUPPORTED[name] is not None and value not in (None, False, [], {}):
-                return name, UNSUPPORTED[name]
-        return None
+            return ("truncation", "truncation 'auto' is not supported (a context that does not fit is a 400)",
+                    "unsupported_parameter")
+        return refused_parameter(self.model_extra, UNSUPPORTED)
 
 
 def new_item_id(prefix: str) -> str:
@@ -256,8 +265,10 @@ def input_items_page(row: StoredResponse, after: str | None, limit: int, order: 
 
 # ---- output assembly ------------------------------------------------------------------------------
 
-def usage_obj(input_tokens: int, output_tokens: int) -> dict[str, Any]:
-    return {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+def usage_obj(input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """cached_tokens: input tokens the engine took from its prefix cache instead of computing them."""
+    return {"input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": cached_tokens, "cache_write_tokens": 0},
             "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": input_tokens + output_tokens}
 
@@ -363,7 +374,8 @@ class ResponseBuilder:
                             content_index=0, part=dict(part)),
                 self._event("response.output_item.done", output_index=index, item=dict(item))]
 
-    def finish(self, finish_reason: str, input_tokens: int, output_tokens: int) -> list[dict[str, Any]]:
+    def finish(self, finish_reason: str, input_tokens: int, output_tokens: int,
+               cached_tokens: int = 0) -> list[dict[str, Any]]:
         """`finish_reason` is the chat one: "stop", "tool_calls" or "length"."""
         incomplete = finish_reason == "length"
         status = "incomplete" if incomplete else "completed"
@@ -380,7 +392,7 @@ class ResponseBuilder:
         self._calls = {}
         self.status = status
         self.incomplete_reason = "max_output_tokens" if incomplete else None
-        self.usage = usage_obj(input_tokens, output_tokens)
+        self.usage = usage_obj(input_tokens, output_tokens, cached_tokens)
         kind = "response.incomplete" if incomplete else "response.completed"
         events.append(self._event(kind, response=self.response()))
         return events
@@ -421,7 +433,8 @@ async def generate(hub, row, messages: list[dict[str, Any]], *, tools, tool_choi
     try:
         return await start_chat(hub, target, messages, tools=tools, tool_choice=tool_choice,
                                 response_format=response_format, parallel_tool_calls=parallel_tool_calls,
-                                max_tokens=max_tokens, temperature=temperature, top_p=top_p)
+                                max_tokens=max_tokens, max_tokens_param="max_output_tokens",
+                                temperature=temperature, top_p=top_p)
     except APIError as e:
         param = _responses_param(e.param)
         if param != e.param:

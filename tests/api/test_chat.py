@@ -339,3 +339,73 @@ def test_models_add_refuses_architectures_the_engine_cannot_serve(service, tmp_p
     assert all(t in out.stderr for t in SUPPORTED_MODEL_TYPES)
     listed = cli(service.env, "models", "list").stdout
     assert "tiny-gpt2" not in listed and "tiny-llama" in listed
+
+
+# -- errors name the field the client sent ----------------------------------------------------------------
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_a_reply_limit_past_the_context_names_the_field_sent(client_a, field):
+    with pytest.raises(openai.BadRequestError) as e:
+        client_a.chat.completions.create(model="tiny-llama", messages=MSG, **{field: 5000})
+    err = e.value.body
+    assert err["param"] == field and err["code"] == "context_length_exceeded", err
+    assert err["message"].startswith(f"{field}: ") and f"+ {field} (5000) exceeds" in err["message"], err
+    assert "max_tokens" not in err["message"].replace("max_completion_tokens", "") or field == "max_tokens"
+
+
+def test_max_completion_tokens_below_one_names_it(client_a):
+    with pytest.raises(openai.BadRequestError) as e:
+        client_a.chat.completions.create(model="tiny-llama", messages=MSG, max_completion_tokens=0)
+    assert e.value.body["param"] == "max_completion_tokens", e.value.body
+
+
+# -- unknown and no-op parameters ---------------------------------------------------------------------------
+
+def test_unknown_parameters_are_refused_in_openais_words(client_a):
+    for create in (client_a.chat.completions.create, client_a.completions.create):
+        kw = {"messages": MSG} if create == client_a.chat.completions.create else {"prompt": "Hi"}
+        with pytest.raises(openai.BadRequestError) as e:
+            create(model="tiny-llama", max_tokens=2, extra_body={"frobnicate": 1}, **kw)
+        err = e.value.body
+        assert err["message"] == "Unrecognized request argument supplied: frobnicate", err
+        assert err["param"] == "frobnicate" and err["code"] == "unknown_parameter", err
+    with pytest.raises(openai.BadRequestError) as e:  # defined by OpenAI, not implemented here: says why
+        client_a.chat.completions.create(model="tiny-llama", messages=MSG, max_tokens=2, verbosity="low")
+    assert e.value.body["param"] == "verbosity" and e.value.body["code"] == "unsupported_parameter"
+
+
+def test_the_sdks_no_op_parameters_are_accepted(client_a):
+    r = client_a.chat.completions.create(
+        model="tiny-llama", messages=MSG, max_completion_tokens=2, user="u-1", metadata={"a": "b"}, store=False,
+        service_tier="auto", safety_identifier="s-1", prompt_cache_key="k-1", prompt_cache_retention="24h")
+    assert r.usage.completion_tokens == 2
+
+
+# -- cached_tokens: prompt tokens the engine took from its prefix cache ------------------------------------
+
+def _long_system_prompt() -> str:
+    """A system prompt no earlier request began with (a fresh id first), a few hundred tokens long."""
+    return f"Session {uuid.uuid4().hex}. " + "You are a careful assistant who answers briefly and politely. " * 30
+
+
+def test_cached_tokens_count_the_prefix_the_engine_reused(service, client_a):
+    system = _long_system_prompt()
+    before = metric(service, "chatforge_engine_prefix_tokens_reused", base_model="tiny-llama")
+    first = client_a.chat.completions.create(model="tiny-llama", max_tokens=2, temperature=0, messages=[
+        {"role": "system", "content": system}, {"role": "user", "content": "First question?"}])
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert metric(service, "chatforge_engine_prefix_tokens_reused", base_model="tiny-llama") == before
+    second = client_a.chat.completions.create(model="tiny-llama", max_tokens=2, temperature=0, messages=[
+        {"role": "system", "content": system}, {"role": "user", "content": "Another question?"}])
+    reused = metric(service, "chatforge_engine_prefix_tokens_reused", base_model="tiny-llama") - before
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert 0 < cached < second.usage.prompt_tokens and cached == reused
+    assert second.usage.prompt_tokens > 300  # most of the prompt is the shared system prompt
+
+    before = metric(service, "chatforge_engine_prefix_tokens_reused", base_model="tiny-llama")
+    chunks = list(client_a.chat.completions.create(
+        model="tiny-llama", max_tokens=2, temperature=0, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": "A third one?"}]))
+    reused = metric(service, "chatforge_engine_prefix_tokens_reused", base_model="tiny-llama") - before
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and 0 < usage.prompt_tokens_details.cached_tokens == reused

@@ -241,7 +241,7 @@ def test_prompt_longer_than_the_context(service, key_a):
 
 @pytest.mark.parametrize("patch, param", [
     ({"n": 9}, "n"), ({"n": 0}, "n"), ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 10**12}, "max_tokens"),
-    ({"max_completion_tokens": 2**63}, "max_tokens"), ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+    ({"max_completion_tokens": 2**63}, "max_completion_tokens"), ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
     ({"top_logprobs": -1, "logprobs": True}, "top_logprobs"), ({"messages": [{"role": "user", "content": "a\u0000"}] * 0},
                                                                "messages"),
 ])

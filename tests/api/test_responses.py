@@ -359,3 +359,54 @@ def test_schema_problems_name_the_responses_field(client_a):
         client_a.responses.create(model="tiny-llama", input=SAY, tools=TOOLS,
                                   tool_choice={"type": "function", "name": "nope"})
     assert e.value.body["param"] == "tool_choice"
+
+
+def test_max_output_tokens_past_the_context_names_it(client_a):
+    with pytest.raises(openai.BadRequestError) as e:
+        client_a.responses.create(model="tiny-llama", input=SAY, max_output_tokens=5000)
+    err = e.value.body
+    assert err["param"] == "max_output_tokens" and err["code"] == "context_length_exceeded", err
+    assert "max_tokens" not in err["message"] and "max_output_tokens (5000)" in err["message"], err
+
+
+def test_unknown_keys_are_refused_in_openais_words(client_a):
+    """As on /v1/chat/completions: a key nobody defines is a 400 naming it, never silently ignored."""
+    for extra in ({"frobnicate": 1}, {"max_tokens": 4}, {"temprature": 0}):
+        with pytest.raises(openai.BadRequestError) as e:
+            client_a.responses.create(model="tiny-llama", input=SAY, max_output_tokens=2, extra_body=extra)
+        (key,) = extra
+        err = e.value.body
+        assert err["message"] == f"Unrecognized request argument supplied: {key}", err
+        assert err["param"] == key and err["code"] == "unknown_parameter", err
+    with pytest.raises(openai.BadRequestError) as e:  # OpenAI's, not implemented here: says why
+        client_a.responses.create(model="tiny-llama", input=SAY, max_output_tokens=2, moderation={"model": "x"})
+    assert e.value.body["param"] == "moderation" and e.value.body["code"] == "unsupported_parameter"
+
+
+def test_the_sdks_no_op_parameters_are_accepted(client_a):
+    r = client_a.responses.create(
+        model="tiny-llama", input=SAY, max_output_tokens=2, user="u-1", service_tier="auto",
+        safety_identifier="s-1", prompt_cache_key="k-1", prompt_cache_retention="24h", metadata={"a": "b"},
+        truncation="disabled", parallel_tool_calls=True, store=False)
+    assert r.usage.output_tokens == 2
+    with client_a.responses.stream(model="tiny-llama", input=SAY, max_output_tokens=2) as stream:
+        events = list(stream)  # the tiny model never stops by itself: the reply ends at max_output_tokens
+    assert events[-1].type == "response.incomplete" and events[-1].response.usage.output_tokens == 2
+
+
+def test_cached_tokens_count_the_prefix_the_engine_reused(service, client_a):
+    from tests.api.test_chat import _long_system_prompt, metric
+
+    instructions = _long_system_prompt()
+    before = metric(service, "chatforge_engine_prefix_tokens_reused", base_model="tiny-llama")
+    first = client_a.responses.create(model="tiny-llama", instructions=instructions, input="First question?",
+                                      max_output_tokens=2, temperature=0)
+    assert first.usage.input_tokens_details.cached_tokens == 0
+    mid = metric(service, "chatforge_engine_prefix_tokens_reused", base_model="tiny-llama")
+    assert mid == before
+    second = client_a.responses.create(model="tiny-llama", instructions=instructions, input="Another one?",
+                                       max_output_tokens=2, temperature=0)
+    cached = second.usage.input_tokens_details.cached_tokens
+    reused = metric(service, "chatforge_engine_prefix_tokens_reused", base_model="tiny-llama") - mid
+    assert 0 < cached < second.usage.input_tokens and cached == reused
+    assert client_a.responses.retrieve(second.id).usage.input_tokens_details.cached_tokens == cached
