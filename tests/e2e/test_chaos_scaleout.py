@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import itertools
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -30,7 +29,7 @@ import pytest
 from tests.conftest import FAST_JOBS
 from tests.support.data import sft_rows, write_jsonl
 from tests.support.service import free_port, spawn, start_service, wait_http
-from tests.workers.test_chaos import method, training_children, wait_until
+from tests.workers.test_chaos import method, wait_until
 
 PG_BIN = Path("/usr/local/bin")
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -44,7 +43,7 @@ def _as_postgres(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     """initdb and postgres refuse to run as root; run them as the postgres account when we are root."""
     if os.geteuid() == 0:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, **kw)
 
 
 class OwnPostgres:
@@ -101,10 +100,10 @@ class OwnRedis:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        log = open(self.folder / "redis.log", "ab")
-        self.proc = subprocess.Popen([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
-                                     stdout=log, stderr=subprocess.STDOUT)
+        with open(self.folder / "redis.log", "ab") as log:
+            self.proc = subprocess.Popen([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                                          "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
+                                         stdout=log, stderr=subprocess.STDOUT)
         import redis
 
         r = redis.Redis(port=self.port)
@@ -117,9 +116,11 @@ class OwnRedis:
 
 
 def _pings(r) -> bool:
+    import redis
+
     try:
         return bool(r.ping())
-    except Exception:
+    except redis.RedisError:
         return False
 
 
@@ -139,12 +140,12 @@ def small_disk(folder: Path, mb: int) -> Iterator[bool]:
     mount worked (it needs CAP_SYS_ADMIN)."""
     folder.mkdir(parents=True, exist_ok=True)
     ok = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(folder)],
-                        capture_output=True).returncode == 0
+                        capture_output=True, check=False).returncode == 0
     try:
         yield ok
     finally:
         if ok:
-            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)
 
 
 # -- the service --------------------------------------------------------------------------------------------
@@ -259,7 +260,7 @@ def assert_succeeded_once_with_whole_curve(client, job, steps: int) -> list[int]
 
 def assert_contiguous_attempts(metric_steps: list[int], every: int) -> None:
     """Within an attempt the steps go up one at a time; a later attempt starts right after a checkpoint."""
-    for prev, cur in zip(metric_steps, metric_steps[1:]):
+    for prev, cur in itertools.pairwise(metric_steps):
         assert cur == prev + 1 or (cur <= prev and (cur - 1) % every == 0), metric_steps
 
 
@@ -320,3 +321,89 @@ def test_redis_restarted_empty_while_jobs_queued_and_running(scaleout, client, t
     fresh = client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id, method=method(2, 10))
     assert finished(client, fresh.id, timeout=120).status == "succeeded"
     print(f"API answered {recovered:.1f}s after Redis came back")
+
+
+def _read_stream(url: str, key: str, body: dict | None, out: dict) -> None:
+    """Read an SSE response (a chat stream with `body`, else a job's events) line by line and note how it
+    ended: "done" (the server ended it), or the transport error the client saw."""
+    method_, params = ("POST", None) if body is not None else ("GET", {"stream": "true"})
+    out["lines"] = 0
+    try:
+        with httpx.stream(method_, url, json=body, params=params, headers={"Authorization": f"Bearer {key}"},
+                          timeout=httpx.Timeout(10, read=30)) as r:
+            out["status"] = r.status_code
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    out["lines"] += 1
+                    if line.strip() in ("data: [DONE]",) or '"status": "succeeded"' in line:
+                        out["end"] = "done"
+        out.setdefault("end", "closed")
+    except httpx.HTTPError as e:
+        out["end"] = type(e).__name__
+    out["at"] = time.monotonic()
+
+
+def test_api_killed_with_a_chat_stream_and_an_event_stream_open(scaleout, client, key, train_file):
+    steps = 20
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id, method=method(steps, 5))
+    wait_job(client, job.id, lambda j: step_of(j) >= 2, "the job to train")
+    events: dict = {}
+    chat: dict = {}
+    threads = [
+        threading.Thread(target=_read_stream, args=(f"{scaleout.v1}/fine_tuning/jobs/{job.id}/events", key, None,
+                                                    events), daemon=True),
+        threading.Thread(target=_read_stream, args=(f"{scaleout.v1}/chat/completions", key, {
+            "model": "tiny-llama", "stream": True, "max_tokens": 1900, "temperature": 1.0,
+            "messages": [{"role": "user", "content": "Tell me a very long story."}]}, chat), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    end = time.monotonic() + 60
+    while not (events.get("lines", 0) >= 1 and chat.get("lines", 0) >= 3):
+        assert time.monotonic() < end, ("both streams to flow", events, chat, scaleout.api.tail(20))
+        time.sleep(0.05)
+    assert "end" not in events and "end" not in chat  # both streams are open when the API dies
+
+    killed_at = time.monotonic()
+    scaleout.api.kill9()
+    for t in threads:
+        t.join(15)
+    # each client saw its stream end (a cut connection), promptly, rather than hanging on a dead server
+    for name, s in (("events", events), ("chat", chat)):
+        assert s.get("end") not in (None, "done"), (name, s)
+        assert s["at"] - killed_at < 10, (name, s)
+
+    # the training is not the API's business: it goes on while no API runs
+    _, step_at_kill = _db_job(scaleout, job.id)
+    wait_until(lambda: _db_job(scaleout, job.id)[1] > step_at_kill or _db_job(scaleout, job.id)[0] != "running",
+               "the job to train on while no API runs", 60)
+    step_while_down = _db_job(scaleout, job.id)[1]
+    # a new API process on the same data, database and broker (what a process supervisor would start)
+    port = int(scaleout.base_url.rsplit(":", 1)[1])
+    scaleout.api = spawn(scaleout.env, ["serve", "--no-worker", "--skip-model", "--port", str(port)],
+                         scaleout.data_dir / "api-restarted.log")
+    wait_http(scaleout.base_url + "/health", scaleout.api)
+    resumed: dict = {}
+    threading.Thread(target=_read_stream, args=(f"{scaleout.v1}/fine_tuning/jobs/{job.id}/events", key, None,
+                                                resumed), daemon=True).start()
+    job = finished(client, job.id)
+    metric_steps = assert_succeeded_once_with_whole_curve(client, job, steps)
+    assert job.model_extra["attempts"] == 1 and metric_steps == list(range(1, steps + 1)), metric_steps
+    wait_until(lambda: "end" in resumed, "the new API's event stream to end", 30)
+    assert resumed["end"] == "done", resumed  # an event stream opened on the new API runs to the end
+    print(f"job at step {step_while_down} while no API ran; streams ended: events {events['end']}, chat {chat['end']}")
+
+
+
+def _db_job(svc, job_id: str) -> tuple[str, int]:
+    """A job's status and step straight from the database (for when no API runs)."""
+    from sqlalchemy import create_engine, text
+
+    e = create_engine(svc.env["CHATFORGE_DATABASE_URL"])
+    try:
+        with e.connect() as c:
+            status, step = c.execute(text("SELECT status, step FROM fine_tuning_jobs WHERE id = :i"),
+                                     {"i": job_id}).one()
+    finally:
+        e.dispose()
+    return status, step or 0
