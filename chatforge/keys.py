@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from chatforge.db.models import ApiKey, FineTuningJob, Project, StoredFile, Upload, UploadPart, utcnow
+from chatforge.db.models import ApiKey, FineTuningJob, Model, Project, StoredFile, Upload, UploadPart, utcnow
 
 DEFAULT_PROJECT = "default"
 KEY_PREFIX = "cf-"
@@ -194,12 +194,59 @@ def queued_jobs(session: Session, project_id: str) -> int:
 
 
 def storage_used(session: Session, project_id: str) -> int:
-    """Bytes a project holds (what max_storage_bytes counts): its files and its pending uploads' parts."""
+    """Bytes a project holds (what max_storage_bytes counts): its files, its pending uploads' parts and
+    the stored folders of the models its jobs trained (final models and checkpoints), measured first
+    where not yet (measure_models)."""
+    measure_models(session, project_id)
     files = session.scalar(select(func.coalesce(func.sum(StoredFile.bytes), 0))
                            .where(StoredFile.project_id == project_id))
     parts = session.scalar(select(func.coalesce(func.sum(UploadPart.bytes), 0)).join(Upload)
                            .where(Upload.project_id == project_id, Upload.status == "pending"))
-    return int(files or 0) + int(parts or 0)
+    models = session.scalar(select(func.coalesce(func.sum(Model.bytes), 0)).where(Model.project_id == project_id))
+    return int(files or 0) + int(parts or 0) + int(models or 0)
+
+
+def _stored_folder(storage_key: str) -> str:
+    """The folder a model's weights were stored with: a checkpoint's whole folder (its trainer state too,
+    jobs/<job>/checkpoints/<name>) when the weights are a subfolder of it, else the model's own key."""
+    parts = storage_key.split("/")
+    if len(parts) > 4 and parts[0] == "jobs" and parts[2] == "checkpoints":
+        return "/".join(parts[:4])
+    return storage_key
+
+
+def _folder_bytes(storage, key: str) -> int:
+    if storage.remote:  # an object store sums its manifest; nothing is downloaded
+        return storage.size(key)
+    with storage.local_path(key) as path:
+        if not path.is_dir():
+            return path.stat().st_size
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def measure_models(session: Session, project_id: str) -> None:
+    """Record the stored size of the project's models not measured yet. A model's folder does not change
+    once it is registered, so each is measured once (a walk of a local folder, or one manifest read in an
+    object store) and its size kept in models.bytes, written in a session of its own so that it stays
+    whatever the caller's session does. A folder already gone (being deleted) is left unmeasured."""
+    unmeasured = list(session.execute(select(Model.id, Model.storage_key).where(
+        Model.project_id == project_id, Model.bytes.is_(None))))
+    if not unmeasured:
+        return
+    from chatforge.storage import get_storage
+
+    storage = get_storage()
+    sizes = {}
+    for model_id, key in unmeasured:
+        try:
+            sizes[model_id] = _folder_bytes(storage, _stored_folder(key))
+        except FileNotFoundError:
+            continue
+    if sizes:
+        with Session(bind=session.get_bind()) as own:
+            for model_id, size in sizes.items():
+                own.execute(update(Model).where(Model.id == model_id, Model.bytes.is_(None)).values(bytes=size))
+            own.commit()
 
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")

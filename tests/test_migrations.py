@@ -40,7 +40,7 @@ def test_models_match_the_migrations_on_postgres(pg_url):
 def test_latest_migration_steps_down_and_up(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     upgrade(url)
-    downgrade(url, "0005")
+    downgrade(url, "0006")
     assert _diff(url) != []
     upgrade(url)
     assert _diff(url) == []

@@ -107,6 +107,8 @@ class Model(Base):
     step: Mapped[int | None] = mapped_column(Integer, default=None)
     source: Mapped[str | None] = mapped_column(Text, default=None)  # where a base model came from
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # dtype, quantization, method, ...
+    # bytes its stored folder takes (a checkpoint: the whole checkpoint folder); NULL until measured
+    bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

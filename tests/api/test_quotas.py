@@ -211,3 +211,42 @@ in CHATFORGE_API_KEY (default project, made on its first use) has full scope and
         assert e.value.code == "rate_limit_exceeded" and int(e.value.response.headers["retry-after"]) >= 1
     finally:
         svc.stop()
+
+
+def _quota_row(service, project: str) -> list[str]:
+    return next(r for r in cli(service.env, "quotas", "list").stdout.splitlines()
+                if r.startswith(project + "\t")).split("\t")
+
+
+def test_storage_quota_counts_the_models_a_project_trained(service, tmp_path):
+    """The trained model and checkpoints of a project's job count in its storage: with room for a few more
+    uploads beforehand, the next upload after the job is refused (429 insufficient_quota), and deleting the
+    model (with its checkpoints) makes room again."""
+    from tests.api.test_jobs import TERMINAL, wait_status
+
+    _, key = make_key(service, "weightquota")
+    c = openai.OpenAI(base_url=service.v1, api_key=key, timeout=120)
+    path = write_jsonl(tmp_path / "w.jsonl", sft_rows(12))
+    size = path.stat().st_size
+    train = c.files.create(file=path.open("rb"), purpose="fine-tune")
+    quota = 5 * size  # room for three more uploads besides the training file, if nothing else counted
+    cli(service.env, "quotas", "set", "weightquota", "--storage-bytes", str(quota))
+    job = c.fine_tuning.jobs.create(model="tiny-llama", training_file=train.id, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"batch_size": 4}, "max_steps": 2,
+                                             "checkpoint_interval": 1, "max_seq_length": 64}})
+    job = wait_status(c, job.id, TERMINAL)
+    assert job.status == "succeeded", job.error
+    checkpoints = c.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert checkpoints
+
+    files_bytes = sum(f.bytes for f in c.files.list().data)  # the training file and the metrics CSV
+    used = int(_quota_row(service, "weightquota")[3])
+    assert used > quota > files_bytes + 2 * size  # the weights pushed the project over its quota
+    with pytest.raises(openai.RateLimitError) as e:
+        c.files.create(file=path.open("rb"), purpose="fine-tune")
+    assert e.value.code == "insufficient_quota" and f"stores {used} bytes" in e.value.message
+    assert e.value.response.headers["x-should-retry"] == "false"
+
+    c.models.delete(job.fine_tuned_model)  # the model and its checkpoints: their bytes no longer count
+    assert int(_quota_row(service, "weightquota")[3]) == files_bytes
+    c.files.create(file=path.open("rb"), purpose="fine-tune")
