@@ -73,7 +73,8 @@ def _check_quotas(session: Session, caller: Caller, request: Request) -> None:
         if used + incoming > caller.max_storage_bytes:
             raise QuotaExceeded(
                 f"Project '{caller.project_name}' stores {used} bytes; this request would pass its quota "
-                f"(max_storage_bytes {caller.max_storage_bytes}). Delete files or fine-tuned models to make room.", retry=False)
+                f"(max_storage_bytes {caller.max_storage_bytes}). Delete files or fine-tuned models to make room.",
+                retry=False)
 
 
 def get_caller(request: Request, settings: SettingsDep,

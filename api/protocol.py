@@ -37,11 +37,12 @@ UNSUPPORTED = {
     "prompt_cache_options": None,
 }
 NO_OP_TYPES = {"user": "string", "metadata": "object", "store": "boolean", "service_tier": "string",
-               "safety_identifier": "string", "prompt_cache_key": "string", "prompt_cache_retention": "string",
-               "prompt_cache_options": "object", "stream_options": "object"}
+               "safety_identifier": "string", "prompt_cache_key": "string",
+               "prompt_cache_retention": "string", "prompt_cache_options": "object", "stream_options": "object"}
 
 
-def refused_parameter(extra: dict[str, Any] | None, known: dict[str, str | None]) -> tuple[str, str, str] | None:
+def refused_parameter(extra: dict[str, Any] | None,
+                      known: dict[str, str | None]) -> tuple[str, str, str] | None:
     """The first key of a request's extra (undeclared) fields that gets a 400, as (param, message, code):
     a parameter in `known` with a reason it is not supported (unless sent empty: null, false, [] or {}),
     or one nobody defines, in OpenAI's words. Keys `known` maps to None are accepted without effect."""

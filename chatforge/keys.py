@@ -202,7 +202,8 @@ def storage_used(session: Session, project_id: str) -> int:
                            .where(StoredFile.project_id == project_id))
     parts = session.scalar(select(func.coalesce(func.sum(UploadPart.bytes), 0)).join(Upload)
                            .where(Upload.project_id == project_id, Upload.status == "pending"))
-    models = session.scalar(select(func.coalesce(func.sum(Model.bytes), 0)).where(Model.project_id == project_id))
+    models = session.scalar(select(func.coalesce(func.sum(Model.bytes), 0))
+                            .where(Model.project_id == project_id))
     return int(files or 0) + int(parts or 0) + int(models or 0)
 
 

@@ -185,8 +185,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sessio
     gen = await start_chat(
         hub(request), target, messages, tools=body.tool_dicts(), tool_choice=body.tool_choice_value(),
         response_format=body.response_format.to_dict() if body.response_format else None,
-        parallel_tool_calls=body.parallel_tool_calls, max_tokens=body.limit, max_tokens_param=body.limit_param,
-        temperature=body.temperature,
+        parallel_tool_calls=body.parallel_tool_calls, max_tokens=body.limit,
+        max_tokens_param=body.limit_param, temperature=body.temperature,
         top_p=body.top_p, seed=body.seed, stop=body.stop, presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
         n=body.n)

@@ -233,8 +233,8 @@ def check_context(engine, tokenizer, messages: list[dict[str, Any]], n_prompt: i
         raise BadRequest(f"messages: the prompt has {n_prompt} tokens; this model takes at most {limit}",
                          param="messages", code="context_length_exceeded")
     if max_tokens is not None and n_prompt + max_tokens > total:
-        raise BadRequest(f"{max_tokens_param}: the prompt ({n_prompt} tokens) + {max_tokens_param} ({max_tokens}) "
-                         f"exceeds this model's context of {total} tokens", param=max_tokens_param,
+        raise BadRequest(f"{max_tokens_param}: the prompt ({n_prompt} tokens) + {max_tokens_param} "
+                         f"({max_tokens}) exceeds this model's context of {total} tokens", param=max_tokens_param,
                          code="context_length_exceeded")
 
 
