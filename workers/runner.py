@@ -8,6 +8,7 @@ the supervising worker treats as an infrastructure fault and retries.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -16,7 +17,7 @@ from functools import partial
 
 from chatforge.db.models import FineTuningJob
 from chatforge.db.session import session_scope
-from chatforge.jobstate import add_event
+from chatforge.jobstate import add_event, finish
 from chatforge.settings import get_settings
 from chatforge.storage import get_storage
 from workers.dbretry import db_unreachable
@@ -48,6 +49,38 @@ def error_code(e: BaseException) -> str:
     if isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _OOM_MESSAGES):
         return "out_of_memory"
     return "internal_error"
+
+
+_DISK_FULL = ("no space left on device", "os error 28", "disk quota exceeded", "os error 122")
+
+
+def disk_full(e: BaseException) -> bool:
+    """The error (or one it came from) is a full disk or an exhausted quota. Libraries wrap the OSError
+    (safetensors, torch.save), so their message is checked too."""
+    seen: BaseException | None = e
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(m in str(seen).lower() for m in _DISK_FULL):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _pause_for_disk(job_id: str, e: BaseException) -> None:
+    """Pause (not fail) the job: its complete checkpoints are intact, and once space is freed a resume
+    continues from the newest of them. A half-written checkpoint is never published (ml.train.checkpoints
+    writes into a staging folder and renames it complete), and the resume deletes its leftovers."""
+    where = get_storage().location(f"jobs/{job_id}")
+    with session_scope() as s:
+        job = s.get(FineTuningJob, job_id)
+        add_event(s, job_id, f"The disk holding the job's outputs is full ({where}): {_first_line(e)}. "
+                             f"The job is paused at step {job.step or 0}; free space on that disk, then resume "
+                             "the job: it continues from its last complete checkpoint.", level="error",
+                  data={"code": "disk_full", "path": where, "step": job.step or 0})
+        finish(s, job, "paused")
 
 
 def _first_line(e: BaseException) -> str:
@@ -87,6 +120,11 @@ def main(job_id: str, owner: str) -> int:
         if db_unreachable(e):  # the database stayed down past the sink's patience: an infrastructure
             log.error("database unreachable; exiting for a retry: %s", _first_line(e))  # fault, retried
             return EXIT_DB_UNREACHABLE
+        if disk_full(e):  # not the user's fault and nothing to retry until someone frees space
+            log.error("disk full: %s", _first_line(e))  # (logging, unlike a print, survives a full log disk)
+            _pause_for_disk(job_id, e)
+            _clean_scratch(job_id)
+            return 0
         code = error_code(e)
         if code == "out_of_memory":
             fail(job_id, f"out of memory ({type(e).__name__}: {_first_line(e)}); lower batch_size or "

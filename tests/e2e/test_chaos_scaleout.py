@@ -407,3 +407,61 @@ def _db_job(svc, job_id: str) -> tuple[str, int]:
     finally:
         e.dispose()
     return status, step or 0
+
+
+def _fill(folder: Path, leave: int) -> Path:
+    """Fill the filesystem under `folder` until `leave` bytes are free (or it refuses more)."""
+    filler = folder / "filler.bin"
+    chunk = b"\0" * (1 << 20)
+    with open(filler, "wb") as f:
+        try:
+            while (free := shutil.disk_usage(folder).free) > leave:
+                f.write(chunk[: max(4096, min(len(chunk), free - leave))])
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def _complete(checkpoint: Path) -> bool:
+    return checkpoint.is_dir() and any(checkpoint.glob("*.safetensors")) and (checkpoint / "trainer_state.json").is_file()
+
+
+def test_data_disk_full_during_a_checkpoint_write(scaleout, client, train_file):
+    if not scaleout.disk_mounted:
+        pytest.skip("cannot mount a size-limited tmpfs here (needs CAP_SYS_ADMIN)")
+    steps, every = 20, 5
+    job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id, method=method(steps, every))
+    ckpts = scaleout.data_dir / "storage" / "jobs" / job.id / "checkpoints"
+    wait_until(lambda: _complete(ckpts / f"checkpoint-{every}"), "the first checkpoint", 120)
+    filler = _fill(scaleout.data_dir, leave=16 * 1024)  # the next checkpoint starts writing and runs out
+    try:
+        job = wait_job(client, job.id, lambda j: j.status == "paused", "the disk to fill up", timeout=120)
+    finally:
+        filler.unlink()
+    # the job paused, saying why and where, rather than failing (a failed job could not be continued)
+    assert job.status == "paused", job.error
+    events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+    full = [e for e in events if (e.data or {}).get("code") == "disk_full"]
+    assert len(full) == 1 and "No space left on device" in full[0].message and str(ckpts.parent) in full[0].message
+    assert full[0].level == "error"
+    paused_at = full[0].data["step"]
+    assert every < paused_at <= 2 * every
+    # nothing half-written was published: every checkpoint folder is complete, the one being written when
+    # the disk filled is not among them, and the API lists only complete ones
+    on_disk = sorted(int(c.name.split("-")[1]) for c in ckpts.glob("checkpoint-*"))
+    assert on_disk == [every], on_disk
+    assert all(_complete(ckpts / f"checkpoint-{n}") for n in on_disk)
+    listed = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data]
+    assert listed == [every], listed
+
+    # space is freed (the filler is gone); the user resumes; the run continues from checkpoint 5
+    client.fine_tuning.jobs.resume(job.id)
+    job = finished(client, job.id)
+    metric_steps = assert_succeeded_once_with_whole_curve(client, job, steps)
+    assert_contiguous_attempts(metric_steps, every)
+    resumed = list(reversed(client.fine_tuning.jobs.list_events(job.id, limit=1000).data))
+    assert any("Resuming from the last checkpoint" in e.message for e in resumed)
+    second = metric_steps[metric_steps.index(paused_at) + 1:]
+    assert second[0] == every + 1, metric_steps  # from the complete checkpoint, not the half-written one
+    assert not list(ckpts.glob(".staging/*")), list(ckpts.glob(".staging/*"))  # its leftovers are gone
