@@ -217,12 +217,7 @@ def _stored_folder(storage_key: str) -> str:
 
 
 def _folder_bytes(storage, key: str) -> int:
-    if storage.remote:  # an object store sums its manifest; nothing is downloaded
-        return storage.size(key)
-    with storage.local_path(key) as path:
-        if not path.is_dir():
-            return path.stat().st_size
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+    return storage.size(key)  # a local folder is walked; an object store sums its manifest, downloading nothing
 
 
 def measure_models(session: Session, project_id: str) -> None:

@@ -173,7 +173,11 @@ class LocalStorage:
             p.unlink(missing_ok=True)
 
     def size(self, key: str) -> int:
-        return self._path(key).stat().st_size
+        """Bytes of a file, or of every file in a folder (as an object store sums its manifest)."""
+        p = self._path(key).resolve()
+        if p.is_dir():
+            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+        return p.stat().st_size
 
 
 

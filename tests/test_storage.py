@@ -295,3 +295,13 @@ def _bytes(b: bytes):
     import io
 
     return io.BytesIO(b)
+
+
+def test_the_size_of_a_folder_is_the_bytes_of_its_files(storage, tmp_path):
+    src = _folder(tmp_path / "f", 3, "x")
+    expected = sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
+    storage.put_dir("jobs/s/model", src)
+    assert storage.size("jobs/s/model") == expected
+    storage.put_dir("jobs/s/model", _folder(tmp_path / "g", 5, "y"))  # a republish counts the new version only
+    assert storage.size("jobs/s/model") == expected + sum(
+        f.stat().st_size for f in (tmp_path / "g").glob("part-0[34].bin"))
