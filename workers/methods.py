@@ -23,7 +23,9 @@ def run_supervised_job(ctx: JobContext, sink) -> None:
     args = (ctx.model_path(ctx.base), ctx.file_path(job.training_file), ctx.file_path(job.validation_file),
             ctx.output_dir, sink)
     gpus = gpus_here()
-    n = processes_for(job.num_processes, gpus)
+    # an explicit replay penalty (retain_base) runs on one process; "auto" lets the job spread over the GPUs
+    n = 1 if job.num_processes is None and cfg.retain_base not in ("auto", 0, 0.0) else \
+        processes_for(job.num_processes, gpus)
     if n > 1:
         res = run_supervised_ranks(cfg, n, *args, gpus=gpus)
     else:

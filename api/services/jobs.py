@@ -59,6 +59,10 @@ def create_job(session: Session, project: Project, req: dict[str, Any], *, pipel
     if num_processes not in (None, 1) and mtype != "supervised":
         raise BadRequest(f"num_processes: only supervised jobs run on several processes; a {mtype} job runs on "
                          "one (leave num_processes unset or 1)", param="num_processes")
+    if num_processes not in (None, 1) and getattr(config, "retain_base", "auto") not in ("auto", 0, 0.0):
+        raise BadRequest("method.supervised.retain_base: the replay penalty toward the base model runs on one "
+                         f"process, not {num_processes} (set it to 0, or leave it \"auto\")",
+                         param="method.supervised.retain_base", code="invalid_hyperparameter")
     extras = {k: body[k] for k in jobconfig.NOT_HYPERPARAMETERS if k in body}
 
     base = visible_model(session, project, req["model"])

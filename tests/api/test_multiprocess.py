@@ -106,3 +106,19 @@ def test_only_supervised_jobs_take_several_processes(client, train_file, svc):
     with pytest.raises(openai.BadRequestError) as e:
         client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id, extra_body={"num_processes": 0})
     assert "num_processes" in str(e.value.body)
+
+
+def test_the_replay_penalty_is_refused_where_it_cannot_run(client, train_file, svc):
+    def create(n, **supervised):
+        return client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id,
+                                              extra_body={"num_processes": n},
+                                              method={"type": "supervised", "supervised": supervised})
+
+    with pytest.raises(openai.BadRequestError) as e:
+        create(2, retain_base=1)
+    assert e.value.body["param"] == "method.supervised.retain_base"
+    with pytest.raises(openai.BadRequestError) as e:
+        create(1, retain_base=1, adapter="full")
+    assert e.value.body["param"] == "method.supervised.retain_base", e.value.body
+    job = create(2, retain_base=0, max_steps=1)  # off: accepted on several processes
+    client.fine_tuning.jobs.cancel(job.id)
