@@ -101,20 +101,20 @@ def build_retain_set(model, tokenizer, prompts: tuple[str, ...] = RETAIN_PROMPTS
             length = max(len(p) + len(a) for p, a in rows)
             ids = torch.full((len(rows), length), pad, dtype=torch.long, device=device)
             att = torch.zeros_like(ids)
-            positions = []
-            for i, (p, a) in enumerate(rows):
+            positions, top_ids, top_probs = [], [], []
+            lm = causal_lm(model)
+            for i, (p, a) in enumerate(rows):  # one row at a time, projecting only the answer positions
                 ids[i, : len(p) + len(a)] = torch.tensor(p + a, device=device)
                 att[i, : len(p) + len(a)] = 1
-                positions.append(torch.arange(len(p) - 1, len(p) + len(a) - 1, device=device))
-            logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits.float()
+                pos = torch.arange(len(p) - 1, len(p) + len(a) - 1, device=device)
+                hidden = lm.get_decoder()(input_ids=ids[i : i + 1, : len(p) + len(a)], use_cache=False)
+                lp = lm.get_output_embeddings()(hidden.last_hidden_state[0, pos]).float().log_softmax(-1)
+                v, k = lp.topk(min(top_k, lp.shape[-1]), dim=-1)
+                positions.append(pos)
+                top_ids.append(k)
+                top_probs.append(v.softmax(-1))  # renormalised over the kept tokens
     finally:
         model.train(was_training)
-    top_ids, top_probs = [], []
-    for i, pos in enumerate(positions):
-        lp = logits[i, pos].log_softmax(-1)
-        v, k = lp.topk(min(top_k, lp.shape[-1]), dim=-1)
-        top_ids.append(k)
-        top_probs.append(v.softmax(-1))  # renormalised over the kept tokens
     return RetainSet(ids, att, positions, top_ids, top_probs)
 
 

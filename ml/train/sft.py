@@ -74,7 +74,7 @@ class SupervisedTrainer(AtomicCheckpointMixin, Trainer):
 
     def __init__(self, *args, retain: RetainSet | None = None, retain_weight: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.retain, self.retain_weight, self._micro_batches = retain, retain_weight, 0
+        self.retain, self.retain_weight, self._retained_at = retain, retain_weight, -1
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         n = inputs.pop("n_tokens", None)
@@ -100,10 +100,10 @@ class SupervisedTrainer(AtomicCheckpointMixin, Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         with self.accelerator.autocast():  # accelerate autocasts model.forward, which this bypasses
             loss = learned_only_loss(model, inputs, num_items_in_batch)
-            if self.retain is not None and self.retain_weight > 0 and model.training:
-                self._micro_batches += 1
-                if self._micro_batches % self.args.gradient_accumulation_steps == 0:  # once per step
-                    loss = loss + self.retain_weight * retain_loss(model, self.retain, self.state.global_step)
+            step = self.state.global_step
+            if self.retain is not None and self.retain_weight > 0 and model.training and step != self._retained_at:
+                self._retained_at = step  # once per optimizer step, on its first micro-batch
+                loss = loss + self.retain_weight * retain_loss(model, self.retain, step)
             return loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
