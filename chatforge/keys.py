@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from chatforge.db.models import ApiKey, FineTuningJob, Model, Project, StoredFile, Upload, UploadPart, utcnow
+
+log = logging.getLogger("chatforge.keys")
 
 DEFAULT_PROJECT = "default"
 KEY_PREFIX = "cf-"
@@ -238,11 +242,17 @@ def measure_models(session: Session, project_id: str) -> None:
             sizes[model_id] = _folder_bytes(storage, _stored_folder(key))
         except FileNotFoundError:
             continue
+        except Exception as e:  # noqa: BLE001 - an unreadable store must not turn uploads into 500s
+            log.warning("could not measure the stored size of model %s (%s): %s", model_id, key, e)
     if sizes:
-        with Session(bind=session.get_bind()) as own:
-            for model_id, size in sizes.items():
-                own.execute(update(Model).where(Model.id == model_id, Model.bytes.is_(None)).values(bytes=size))
-            own.commit()
+        try:
+            with Session(bind=session.get_bind()) as own:
+                for model_id, size in sizes.items():
+                    own.execute(update(Model).where(Model.id == model_id, Model.bytes.is_(None))
+                                .values(bytes=size))
+                own.commit()
+        except SQLAlchemyError as e:  # e.g. SQLite busy with the caller's write: the sizes are kept next time
+            log.warning("could not record model sizes: %s", e)
 
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")
