@@ -31,7 +31,7 @@ def run_supervised_job(ctx: JobContext, sink) -> None:
     else:
         res = run_supervised(cfg, *args, resume=True)
     if res.status != "succeeded":
-        record_stopped(job.id, res.status, res.steps)
+        record_stopped(job.id, res.status, res.steps, ctx.owner)
         return
     _update_hyperparameters(job.id, res.config)
     record_success(ctx, kind="fine_tuned", folder_key=f"jobs/{job.id}/model", is_adapter=res.is_adapter,
@@ -66,7 +66,7 @@ def _start_path(ctx: JobContext):
 def _record_rl(ctx: JobContext, res, kind: str) -> None:
     job = ctx.job
     if res.status != "succeeded":
-        record_stopped(job.id, res.status, res.steps)
+        record_stopped(job.id, res.status, res.steps, ctx.owner)
         return
     record_success(ctx, kind=kind, folder_key=f"jobs/{job.id}/model", is_adapter=res.is_adapter,
                    trained_tokens=None, result={"steps": res.steps, "metrics": res.metrics, "method": res.method})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from chatforge.db.models import FineTuningJob, JobEvent, Model, StoredFile, new_
 from chatforge.db.session import session_scope
 from chatforge.jobstate import finish
 from chatforge.storage import Storage, get_storage, restore_newest_folder
+
+log = logging.getLogger("chatforge.runner")
 
 
 class JobInputError(Exception):
@@ -37,6 +40,7 @@ class JobContext:
     root: Model  # its base model
     output_dir: Path
     model_name: str
+    owner: str | None = None  # the lease owner this child runs for (workers.runner's argv)
 
     def model_path(self, m: Model) -> Path:
         return Path(model_dir(self.storage, m))
@@ -103,12 +107,30 @@ def _metrics_csv(session, job: FineTuningJob) -> StoredFile | None:
     return f
 
 
+def owned_job(session, job_id: str, owner: str | None) -> FineTuningJob | None:
+    """The job, locked, if it still runs under `owner` (None: any owner); else None. An outcome is recorded
+    only by the child that owns the job: after an outage longer than the lease the job may have been
+    requeued or taken by another worker, and a user's cancel or another outcome must not be overwritten."""
+    job = session.get(FineTuningJob, job_id, with_for_update=True)
+    if job is None or job.status != "running" or (owner is not None and job.lease_owner != owner):
+        if job is not None:
+            log.warning("not recording an outcome for %s: it is %s under %s, not running under %s",
+                        job_id, job.status, job.lease_owner, owner)
+        return None
+    return job
+
+
 def record_success(ctx: JobContext, *, kind: str, folder_key: str, is_adapter: bool, trained_tokens: int | None,
                    result: dict, settings: dict | None = None) -> None:
+    with session_scope() as s:
+        if owned_job(s, ctx.job.id, ctx.owner) is None:
+            return
     # publish the trained folder (a no-op where output_dir already is the stored folder)
     ctx.storage.put_dir(folder_key, ctx.output_dir / folder_key.removeprefix(f"jobs/{ctx.job.id}/"))
     with session_scope() as s:
-        job = s.get(FineTuningJob, ctx.job.id)
+        job = owned_job(s, ctx.job.id, ctx.owner)
+        if job is None:
+            return
         m = s.get(Model, ctx.model_name)
         if m is None:
             s.add(Model(id=ctx.model_name, project_id=job.project_id, kind=kind, parent=job.model,
@@ -124,17 +146,21 @@ def record_success(ctx: JobContext, *, kind: str, folder_key: str, is_adapter: b
         finish(s, job, "succeeded", message=f"The job has successfully completed: {ctx.model_name}")
 
 
-def record_stopped(job_id: str, status: str, step: int) -> None:
+def record_stopped(job_id: str, status: str, step: int, owner: str | None = None) -> None:
     with session_scope() as s:
-        job = s.get(FineTuningJob, job_id)
+        job = owned_job(s, job_id, owner)
+        if job is None:  # cancelled, requeued or taken over meanwhile: theirs to record
+            return
         if status == "paused":
             finish(s, job, "paused", message=f"Job paused at step {step}; resume continues from the checkpoint.")
         else:
             finish(s, job, "cancelled", message=f"Job cancelled at step {step}.")
 
 
-def fail(job_id: str, message: str, code: str, param: str | None = None) -> None:
+def fail(job_id: str, message: str, code: str, param: str | None = None, owner: str | None = None) -> None:
     with session_scope() as s:
-        job = s.get(FineTuningJob, job_id)
+        job = owned_job(s, job_id, owner)
+        if job is None:
+            return
         finish(s, job, "failed", error={"code": code, "message": message, "param": param},
                message=f"Job failed: {message}")

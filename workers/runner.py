@@ -11,17 +11,19 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import sys
 import traceback
 from functools import partial
+from pathlib import Path
 
 from chatforge.db.models import FineTuningJob
 from chatforge.db.session import session_scope
 from chatforge.jobstate import add_event, finish
 from chatforge.settings import get_settings
 from chatforge.storage import get_storage
-from workers.dbretry import db_unreachable
-from workers.outcome import JobInputError, fail, load_context
+from workers.dbretry import EXIT_DB_UNREACHABLE, db_unreachable
+from workers.outcome import JobInputError, fail, load_context, owned_job
 from workers.sink import DBSink
 
 log = logging.getLogger("chatforge.runner")
@@ -33,9 +35,6 @@ RECIPE_NAMES = {"supervised": "sft"}
 # Tests only: "oom" or "bug" makes the first reported training step fail with a real torch error (an
 # impossible allocation, a shape mismatch), to check how each cause is reported. Never set in production.
 FAULT_ENV = "CHATFORGE_FAULT_INJECTION"
-
-# Exit status of a child that could not reach the database (EX_TEMPFAIL): the supervisor requeues the job.
-EXIT_DB_UNREACHABLE = 75
 
 _OOM_MESSAGES = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
 
@@ -54,28 +53,63 @@ def error_code(e: BaseException) -> str:
 _DISK_FULL = ("no space left on device", "os error 28", "disk quota exceeded", "os error 122")
 
 
-def disk_full(e: BaseException) -> bool:
+# Below this many free bytes the output folder's disk counts as full (see disk_full).
+DISK_FULL_FREE_BYTES = 1 << 20
+
+
+def disk_full(e: BaseException, folder: Path | None = None) -> bool:
     """The error (or one it came from) is a full disk or an exhausted quota. Libraries wrap the OSError
-    (safetensors, torch.save), so their message is checked too."""
+    (safetensors, torch.save), so their message is checked too. Some say nothing of it: torch.save's zip
+    writer raises RuntimeError('[enforce fail at inline_container.cc:...] unexpected pos ...') with no
+    errno; so an unrecognised error (not an out-of-memory one) counts as a full disk when `folder`, the
+    job's output folder, has almost no space left or refuses a small write."""
     seen: BaseException | None = e
     for _ in range(10):
         if seen is None:
-            return False
+            break
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         if any(m in str(seen).lower() for m in _DISK_FULL):
             return True
         seen = seen.__cause__ or seen.__context__
+    if folder is None or not isinstance(e, (OSError, RuntimeError)) or error_code(e) == "out_of_memory":
+        return False
+    return no_space_left(folder)
+
+
+def no_space_left(folder: Path, probe_bytes: int = 64 * 1024) -> bool:
+    """The disk (or quota) holding `folder` is full: under DISK_FULL_FREE_BYTES free, or a small probe write
+    gets ENOSPC/EDQUOT (a quota the free count does not show)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if shutil.disk_usage(folder).free < DISK_FULL_FREE_BYTES:
+            return True
+    except OSError:
+        return False
+    probe = folder / f".space-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * probe_bytes)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    finally:
+        probe.unlink(missing_ok=True)
     return False
 
 
-def _pause_for_disk(job_id: str, e: BaseException) -> None:
+def _pause_for_disk(job_id: str, e: BaseException, owner: str | None = None) -> None:
     """Pause (not fail) the job: its complete checkpoints are intact, and once space is freed a resume
     continues from the newest of them. A half-written checkpoint is never published (ml.train.checkpoints
     writes into a staging folder and renames it complete), and the resume deletes its leftovers."""
     where = get_storage().location(f"jobs/{job_id}")
     with session_scope() as s:
-        job = s.get(FineTuningJob, job_id)
+        job = owned_job(s, job_id, owner)  # a cancel, a requeue or another worker's outcome stands
+        if job is None:
+            return
         add_event(s, job_id, f"The disk holding the job's outputs is full ({where}): {_first_line(e)}. "
                              f"The job is paused at step {job.step or 0}; free space on that disk, then resume "
                              "the job: it continues from its last complete checkpoint.", level="error",
@@ -96,12 +130,16 @@ def main(job_id: str, owner: str) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(get_settings().data_dir.resolve() / "torch_extensions"))
+    sink: DBSink | None = None
+    output_dir: Path | None = None
     try:
         ctx = load_context(job_id)
+        ctx.owner, output_dir = owner, ctx.output_dir
         mtype = (ctx.job.method or {}).get("type", "supervised")
         start = ctx.model_path(ctx.base)
         sink = DBSink(job_id, ctx.storage, ctx.model_name, ctx.root.id, ctx.base.id, ctx.job.project_id,
-                      export=partial(export_checkpoint, start=start, method=RECIPE_NAMES.get(mtype, mtype)))
+                      export=partial(export_checkpoint, start=start, method=RECIPE_NAMES.get(mtype, mtype)),
+                      owner=owner)
         sink.fault = os.environ.get(FAULT_ENV) or None
         with session_scope() as s:
             job = s.get(FineTuningJob, job_id)
@@ -111,27 +149,33 @@ def main(job_id: str, owner: str) -> int:
                 add_event(s, job_id, f"Training started: {mtype} on {ctx.base.id}.")
         METHODS[mtype](ctx, sink)
     except JobInputError as e:
-        fail(job_id, str(e), e.code, e.param)
+        fail(job_id, str(e), e.code, e.param, owner)
     except ConfigError as e:
-        fail(job_id, e.message, "invalid_hyperparameter", e.param)
+        fail(job_id, e.message, "invalid_hyperparameter", e.param, owner)
     except DataError as e:
-        fail(job_id, str(e), "invalid_training_data", "training_file")
+        fail(job_id, str(e), "invalid_training_data", "training_file", owner)
     except Exception as e:  # noqa: BLE001 - every other failure is classified, reported, never retried
         if db_unreachable(e):  # the database stayed down past the sink's patience: an infrastructure
             log.error("database unreachable; exiting for a retry: %s", _first_line(e))  # fault, retried
             return EXIT_DB_UNREACHABLE
-        if disk_full(e):  # not the user's fault and nothing to retry until someone frees space
+        if sink is not None and sink.abandoned:  # the job is another worker's now; it records the outcome
+            log.warning("job %s was abandoned, then training raised: %s", job_id, _first_line(e))
+            return 0
+        if disk_full(e, output_dir):  # not the user's fault and nothing to retry until someone frees space
             log.error("disk full: %s", _first_line(e))  # (logging, unlike a print, survives a full log disk)
-            _pause_for_disk(job_id, e)
+            _pause_for_disk(job_id, e, owner)
             _clean_scratch(job_id)
             return 0
         code = error_code(e)
         if code == "out_of_memory":
             fail(job_id, f"out of memory ({type(e).__name__}: {_first_line(e)}); lower batch_size or "
-                 "max_seq_length, or use qlora / gradient_checkpointing", code)
+                 "max_seq_length, or use qlora / gradient_checkpointing", code, owner=owner)
         else:  # a bug or an unexpected library error: name it, do not blame the user's data
             traceback.print_exc()
-            fail(job_id, f"{type(e).__name__}: {e}", code)
+            fail(job_id, f"{type(e).__name__}: {e}", code, owner=owner)
+    if sink is not None and sink.abandoned:  # stopped without touching the job: its scratch folder and
+        log.warning("job %s is no longer ours; stopped training without recording anything", job_id)
+        return 0  # what follows it are the new owner's
     _clean_scratch(job_id)
     _after(job_id)
     return 0

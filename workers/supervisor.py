@@ -21,9 +21,12 @@ from chatforge.settings import Settings
 from ml.train.launch import die_with_parent
 from workers import lease
 from workers.capabilities import worker_id
-from workers.dbretry import db_unreachable, retry_db
+from workers.dbretry import EXIT_DB_UNREACHABLE, db_unreachable, retry_db
 
 log = logging.getLogger("chatforge.worker")
+
+# How often a lease renewal is retried while the database is unreachable (instead of a whole beat).
+UNREACHABLE_RETRY_S = 0.75
 
 
 def supervise(job_id: str, settings: Settings) -> str:
@@ -51,22 +54,28 @@ def supervise(job_id: str, settings: Settings) -> str:
     log.info("starting training child for %s", job_id, extra={"job_id": job_id})
     child = subprocess.Popen(cmd, preexec_fn=partial(die_with_parent, signal.SIGKILL), env=os.environ.copy())
     beat = max(1.0, settings.job_lease_seconds / 4)
+    wait = beat
     try:
         while True:
             try:
-                rc = child.wait(timeout=beat)
+                rc = child.wait(timeout=wait)
                 break
             except subprocess.TimeoutExpired:
                 pass
             try:
                 with session_scope() as s:
                     renewed = lease.renew(s, job_id, owner, settings.job_lease_seconds)
+                wait = beat
             except Exception as e:
                 if not db_unreachable(e):
                     raise
                 # the database is restarting: nobody can take the job meanwhile, so the child keeps
-                # training; the next renewal that gets through says whether the lease is still ours
-                log.warning("database unreachable renewing the lease on %s; the child keeps running", job_id)
+                # training; renewal is retried often (not a whole beat later) so the lease is renewed as
+                # soon as the database is back, before it lapses where possible; the renewal that gets
+                # through says whether the lease is still ours
+                if wait == beat:
+                    log.warning("database unreachable renewing the lease on %s; the child keeps running", job_id)
+                wait = UNREACHABLE_RETRY_S
                 continue
             if not renewed:
                 log.warning("lost the lease on %s; stopping the child", job_id)
@@ -79,21 +88,28 @@ def supervise(job_id: str, settings: Settings) -> str:
 
     def settle() -> tuple[bool, str]:
         with session_scope() as s:
-            job = s.get(FineTuningJob, job_id)
-            if rc != 0 and job.status == "running":
-                reason = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
+            job = s.get(FineTuningJob, job_id, with_for_update=True)
+            requeue = False
+            # only while the job is still ours: after a long outage it may be requeued or another worker's
+            if rc != 0 and job.status == "running" and job.lease_owner == owner:
+                if rc == EXIT_DB_UNREACHABLE:
+                    reason, cause = f"exit code {rc}", "database unreachable"
+                    what = "Training process could not reach the database"
+                else:
+                    reason = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
+                    cause, what = "likely out of memory or killed", "Training process died"
                 if job.attempts >= settings.max_job_attempts:
                     finish(s, job, "failed", error={
                         "code": "worker_crashed",
                         "message": f"The training process died ({reason}) on {job.attempts} attempts; "
-                                   "last cause: likely out of memory or killed.", "param": None},
-                        message=f"Training process died ({reason}); giving up after {job.attempts} attempts.")
+                                   f"last cause: {cause}.", "param": None},
+                        message=f"{what} ({reason}); giving up after {job.attempts} attempts.")
                 else:
                     job.status = "queued"
-                    add_event(s, job_id, f"Training process died ({reason}); requeued to resume from the last "
+                    requeue = True
+                    add_event(s, job_id, f"{what} ({reason}); requeued to resume from the last "
                                          "checkpoint.", level="warning")
             s.flush()
-            requeue = job.status == "queued"
             requires = job.requires
             lease.release(s, job_id, owner)
         return requeue, requires

@@ -34,6 +34,10 @@ from tests.workers.test_chaos import method, wait_until
 PG_BIN = Path("/usr/local/bin")
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 DISK_MB = 160  # the data disk: room for the uploads and checkpoints of this module's jobs, not much more
+# No scenario here relies on a lease lapsing (none kills a worker); a long lease keeps a database outage
+# on a loaded machine (seconds) well inside it, so the PostgreSQL scenario measures riding out the outage,
+# not the reconciler's requeue.
+LEASE_S = "40"
 
 
 # -- our own PostgreSQL, Redis and data disk ----------------------------------------------------------------
@@ -156,7 +160,7 @@ def scaleout(tmp_path_factory, tiny_model_path):
     root = tmp_path_factory.mktemp("chaos-scaleout")
     with own_postgres() as pg, own_redis(root) as rd, small_disk(root / "data", DISK_MB) as mounted:
         svc = start_service(root / "data", pg.url, rd.url, workers=2, models={"tiny-llama": tiny_model_path},
-                            **FAST_JOBS)
+                            **{**FAST_JOBS, "CHATFORGE_JOB_LEASE_SECONDS": LEASE_S})
         svc.pg, svc.redis, svc.disk_mounted = pg, rd, mounted
         try:
             yield svc
@@ -293,12 +297,21 @@ def test_postgres_restarted_mid_job(scaleout, client, train_file):
 def test_redis_restarted_empty_while_jobs_queued_and_running(scaleout, client, train_file):
     import redis
 
-    steps = {"a": 8, "b": 8, "c": 4}
+    steps = {"a": 12, "b": 12, "c": 6}  # long enough that a and b both still train when Redis dies
     jobs = {name: client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id,
                                                  method=method(n, 4)) for name, n in steps.items()}
-    # two workers, one job each: a and b run (in that order of wake-ups), c waits in Redis for a free worker
-    for name in ("a", "b"):
-        wait_job(client, jobs[name].id, lambda j: step_of(j) >= 2, f"job {name} to train")
+    # two workers, one job each: a and b run (in that order of wake-ups), c waits in Redis for a free worker.
+    # Gate on both training at once with steps left: had a finished before b started, a's worker would
+    # have taken c and there would be no queued job to lose.
+    end = time.monotonic() + 240
+    while True:
+        ab = [_retrieve(client, jobs[name].id) for name in ("a", "b")]
+        if all(j is not None and j.status == "running" and 2 <= step_of(j) <= steps["a"] - 4 for j in ab):
+            break
+        assert all(j is None or (j.status in ("queued", "running") and step_of(j) <= steps["a"] - 4)
+                   for j in ab), ("a and b to train at the same time with steps left", ab)
+        assert time.monotonic() < end, ("a and b to train", ab)
+        time.sleep(0.1)
     broker = redis.Redis.from_url(scaleout.redis.url)
     assert broker.llen("jobs") >= 1  # c's wake-up (and maybe a reconciler's duplicate) is queued
     assert _retrieve(client, jobs["c"].id).status == "queued"
@@ -434,7 +447,9 @@ def test_data_disk_full_during_a_checkpoint_write(scaleout, client, train_file):
     job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id, method=method(steps, every))
     ckpts = scaleout.data_dir / "storage" / "jobs" / job.id / "checkpoints"
     wait_until(lambda: _complete(ckpts / f"checkpoint-{every}"), "the first checkpoint", 120)
-    filler = _fill(scaleout.data_dir, leave=16 * 1024)  # the next checkpoint starts writing and runs out
+    # training goes on while the disk fills (~100 ms a step), so the next checkpoint may still complete
+    # before the disk is full: what follows is relative to the newest complete checkpoint, not to the first
+    filler = _fill(scaleout.data_dir, leave=16 * 1024)  # a later checkpoint starts writing and runs out
     try:
         job = wait_job(client, job.id, lambda j: j.status == "paused", "the disk to fill up", timeout=120)
     finally:
@@ -443,19 +458,21 @@ def test_data_disk_full_during_a_checkpoint_write(scaleout, client, train_file):
     assert job.status == "paused", job.error
     events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
     full = [e for e in events if (e.data or {}).get("code") == "disk_full"]
-    assert len(full) == 1 and "No space left on device" in full[0].message and str(ckpts.parent) in full[0].message
+    # (the cause is ENOSPC's "No space left on device", or torch.save's zip writer's errno-less "unexpected
+    # pos" when the disk fills inside it; the event names the disk either way)
+    assert len(full) == 1 and "is full" in full[0].message and str(ckpts.parent) in full[0].message, full
     assert full[0].level == "error"
     paused_at = full[0].data["step"]
-    assert every < paused_at <= 2 * every
     # nothing half-written was published: every checkpoint folder is complete, the one being written when
     # the disk filled is not among them, and the API lists only complete ones
     on_disk = sorted(int(c.name.split("-")[1]) for c in ckpts.glob("checkpoint-*"))
-    assert on_disk == [every], on_disk
-    assert all(_complete(ckpts / f"checkpoint-{n}") for n in on_disk)
+    assert on_disk and all(_complete(ckpts / f"checkpoint-{n}") for n in on_disk), on_disk
+    newest = on_disk[-1]
+    assert newest % every == 0 and newest < paused_at <= newest + every, (on_disk, paused_at)
     listed = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data]
-    assert listed == [every], listed
+    assert newest in listed and max(listed) == newest, (listed, on_disk)
 
-    # space is freed (the filler is gone); the user resumes; the run continues from checkpoint 5
+    # space is freed (the filler is gone); the user resumes; the run continues from the newest checkpoint
     client.fine_tuning.jobs.resume(job.id)
     job = finished(client, job.id)
     metric_steps = assert_succeeded_once_with_whole_curve(client, job, steps)
@@ -463,5 +480,5 @@ def test_data_disk_full_during_a_checkpoint_write(scaleout, client, train_file):
     resumed = list(reversed(client.fine_tuning.jobs.list_events(job.id, limit=1000).data))
     assert any("Resuming from the last checkpoint" in e.message for e in resumed)
     second = metric_steps[metric_steps.index(paused_at) + 1:]
-    assert second[0] == every + 1, metric_steps  # from the complete checkpoint, not the half-written one
+    assert second[0] == newest + 1, metric_steps  # from the complete checkpoint, not the half-written one
     assert not list(ckpts.glob(".staging/*")), list(ckpts.glob(".staging/*"))  # its leftovers are gone
