@@ -25,9 +25,10 @@ BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 # learning_rate_multiplier "auto" at batch size 4, per adapter, and its bounds. Calibrated with
 # bench/fact_sweep.py (docs/training-defaults.md): ~40 examples must be learned in 15-120 steps. QLoRA
 # learns slower on its 4-bit base (at batch 8, 5.7e-4 missed a fact that 8e-4 taught).
-# Weight of the replay penalty toward the base model's answers (ml.train.retain); docs/training-defaults.md
-# has the probes (8 kept QLoRA closer at batch 1 but stopped a 15-step run from learning its fact).
-AUTO_RETAIN_BASE = 4.0
+# Weight of the replay penalty toward the base model's answers (ml.train.retain), per adapter; chosen from
+# the probes in docs/training-defaults.md (QLoRA: 4 lost 12 points at batch 1, 8 stopped a 15-step run
+# from learning its fact, 6 did neither).
+AUTO_RETAIN_BASE = {"lora": 4.0, "qlora": 6.0}
 AUTO_LR_MULTIPLIER_AT_BATCH_4 = {"lora": 2.0, "qlora": 2.8, "full": 2.0}
 AUTO_LR_MULTIPLIER_RANGE = (1.0, 5.0)
 # Examples per forward pass are chosen so one micro-batch holds about this many tokens.
@@ -284,8 +285,8 @@ class SupervisedConfig(_DictMixin):
     retain_base: float | Auto = field(default=AUTO, metadata=number(0.0, 100.0, auto=True))
     """Weight of a penalty that keeps the model's answers to general prompts close to the base model's
     (replay of the base model's own answers, computed at the start; ml.train.retain), so that a small file
-    is learned without losing general answers. 0 turns it off. "auto": 4 for lora and qlora on one
-    process; 0 for full fine-tuning, DeepSpeed and several processes (which it does not support)."""
+    is learned without losing general answers. 0 turns it off. "auto": 4 for lora and 6 for qlora on
+    one process; 0 for full fine-tuning, DeepSpeed and several processes (which it does not support)."""
 
     def _check(self) -> None:
         if self.deepspeed is not None and self.adapter == "qlora":
@@ -425,7 +426,7 @@ def resolve_auto(
         checkpoint_interval=min(steps_per_epoch, 250)
         if c.checkpoint_interval == AUTO
         else c.checkpoint_interval,
-        retain_base=(AUTO_RETAIN_BASE if retain_ok else 0.0) if c.retain_base == AUTO else c.retain_base,
+        retain_base=(AUTO_RETAIN_BASE[c.adapter] if retain_ok else 0.0) if c.retain_base == AUTO else c.retain_base,
     )
 
 
