@@ -33,23 +33,45 @@ class UnsupportedModel(ValueError):
     pass
 
 
+def prepack(weight: torch.Tensor) -> torch.Tensor | None:
+    """oneDNN's blocked copy of a 16-bit CPU weight, or None where it does not apply.
+
+    A plain bf16 linear at decode sizes (a few rows against a weight matrix) reorders the weight on
+    every call and reads memory at about half the speed the prepacked layout allows (measured on this
+    model's shapes: 23 -> 34 GB/s at 8 rows, 2x on the vocabulary projection). It is used only where a
+    probe gives the same bits as F.linear, so the engine's numbers do not change; fp32 is left alone
+    (oneDNN's fp32 kernel rounds differently from the one transformers uses, and fp32 is the parity
+    reference)."""
+    if weight.device.type != "cpu" or weight.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
+        probe = torch.randn(3, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight.dtype)
+        same = torch.equal(packed_linear(probe, packed, None), F.linear(probe, weight))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return None
+    return packed if same else None
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
+
+
 class _Proj:
     """Several linear layers on the same input, run as one matmul when their weights are plain
-    tensors; quantised (bitsandbytes) modules are called one by one."""
+    tensors (prepacked for oneDNN on a 16-bit CPU model); quantised (bitsandbytes) modules are called
+    one by one."""
 
     def __init__(self, modules: list[torch.nn.Module]) -> None:
         self.out_features = [m.out_features for m in modules]
         self.in_features = modules[0].in_features
         plain = all(type(m) is torch.nn.Linear for m in modules)
         self.modules = None if plain else modules
-        self.weight = self.bias = None
+        self.weight = self.bias = self.packed = None
         if plain:
             w = torch.cat([m.weight.data for m in modules], dim=0).contiguous()
-            offset = 0
-            for m in modules:  # the HF modules now view the fused tensor: no second copy
-                m.weight.data = w[offset : offset + m.out_features]
-                offset += m.out_features
-            self.weight = w
             if any(m.bias is not None for m in modules):
                 self.bias = torch.cat(
                     [
@@ -59,8 +81,22 @@ class _Proj:
                         for m in modules
                     ]
                 )
+            self.packed = prepack(w)
+            if self.packed is not None:
+                # The engine reads only the packed copy; the model's own modules keep an empty weight
+                # so the dense one is freed (the model object is the engine's alone, never called).
+                for m in modules:
+                    m.weight.data = w.new_empty(0)
+                return
+            offset = 0
+            for m in modules:  # the HF modules now view the fused tensor: no second copy
+                m.weight.data = w[offset : offset + m.out_features]
+                offset += m.out_features
+            self.weight = w
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return packed_linear(x, self.packed, self.bias)
         if self.modules is None:
             return F.linear(x, self.weight, self.bias)
         outs = [m(x) for m in self.modules]
@@ -111,6 +147,12 @@ class DecoderRunner:
         self.embed = inner.embed_tokens
         self.final_norm = inner.norm.weight
         self.lm_head = model.lm_head
+        # the vocabulary projection, prepacked like the layers (its dense weight is often the
+        # embedding's too, so it stays)
+        head = model.lm_head
+        self.head_packed = (
+            prepack(head.weight.data) if type(head) is torch.nn.Linear and head.bias is None else None
+        )
         self.layers: list[_Layer] = []
         for layer in inner.layers:
             at, mlp = layer.self_attn, layer.mlp
@@ -259,4 +301,6 @@ class DecoderRunner:
             x = x + d
         last = x[logits_index[:, 0], logits_index[:, 1]]  # [m, hidden]
         last = self._rms(last, self.final_norm)
+        if self.head_packed is not None:
+            return packed_linear(last, self.head_packed, None).float()
         return self.lm_head(last).float()

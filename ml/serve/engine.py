@@ -31,7 +31,7 @@ from ml.records import Message
 from ml.serve.constrained import GrammarCache, GrammarSpec
 from ml.serve.decoder import DecoderRunner
 from ml.serve.detokenize import IncrementalDetokenizer, StopStringMatcher
-from ml.serve.handle import RequestHandle
+from ml.serve.handle import RequestHandle, wake_all
 from ml.serve.lora import BASE, AdapterRegistry, LoraAdapter, read_lora_adapter
 from ml.serve.lora_batch import LoraBatch
 from ml.serve.prefix_cache import PrefixCache
@@ -483,7 +483,8 @@ class Engine:
             for seq, tok, lp in zip(finished, tokens, lps):
                 self._keep_prefix(seq)
                 self.rows.to_decoding(seq)
-                self._accept(seq, tok, lp)
+                self._accept(seq, tok, lp, wake=False)
+            wake_all([s.handle for s in finished])
 
     def _decode_step(self) -> None:
         seqs = self.rows.decoding()
@@ -500,11 +501,13 @@ class Engine:
         for s in seqs:
             s.cached += 1
         tokens, lps = sample_batch(logits, [s.sampling for s in seqs])
-        for seq, tok, lp in zip(list(seqs), tokens, lps):
-            self._accept(seq, tok, lp)
+        seqs = list(seqs)
+        for seq, tok, lp in zip(seqs, tokens, lps):
+            self._accept(seq, tok, lp, wake=False)
+        wake_all([s.handle for s in seqs])
 
     # ---- tokens -> events -----------------------------------------------------------------------
-    def _accept(self, seq: Sequence, tok: int, lp) -> None:
+    def _accept(self, seq: Sequence, tok: int, lp, wake: bool = True) -> None:
         ev = seq.accept(tok, lp)
         with self._lock:
             self._generated_total += 1
@@ -513,7 +516,7 @@ class Engine:
             with self._lock:
                 self._finished_total += 1
                 self._by_reason[ev.finish_reason] += 1
-        seq.handle._push(ev)
+        seq.handle._push(ev, wake=wake)
 
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
         """End a sequence early (cancelled, error) wherever it is."""

@@ -34,16 +34,14 @@ class RequestHandle:
         self._consumed_final = False
 
     # ---- engine side -------------------------------------------------------------------------
-    def _push(self, ev: GenerationEvent) -> None:
+    def _push(self, ev: GenerationEvent, wake: bool = True) -> None:
+        """Queue an event. wake=False leaves waking an asyncio consumer to wake_all(), which the
+        engine calls once per step for every handle it pushed to."""
         self._events.put(ev)
         if ev.finish_reason is not None:
             self._done.set()
-        loop = self._loop
-        if loop is not None:
-            try:
-                loop.call_soon_threadsafe(self._set_wakeup)
-            except RuntimeError:  # loop closed: the consumer is gone
-                pass
+        if wake:
+            wake_all([self])
 
     def _set_wakeup(self) -> None:
         if self._wakeup is not None:
@@ -115,3 +113,23 @@ class RequestHandle:
         async for ev in self:
             out.add(ev)
         return out
+
+
+def _wake(handles: list[RequestHandle]) -> None:
+    for h in handles:
+        h._set_wakeup()
+
+
+def wake_all(handles: list[RequestHandle]) -> None:
+    """Wake the asyncio consumers of these handles: one call into each event loop, however many of
+    its handles got events (a decode step pushes to every running request at once; a wake-up per
+    token would cost a self-pipe write and a loop iteration each, with the GIL contended)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[RequestHandle]] = {}
+    for h in handles:
+        if h._loop is not None:
+            by_loop.setdefault(h._loop, []).append(h)
+    for loop, hs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_wake, hs)
+        except RuntimeError:  # loop closed: the consumers are gone
+            pass

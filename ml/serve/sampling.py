@@ -101,7 +101,8 @@ def sample_batch(
     tokens: list[int] = [0] * n
     greedy = [i for i, s in enumerate(states) if s.plain_greedy]
     if greedy:
-        picked = torch.argmax(logits[greedy], dim=-1).tolist()
+        rows = logits if len(greedy) == n else logits[greedy]  # no gathered copy when all are greedy
+        picked = torch.argmax(rows, dim=-1).tolist()
         for i, tok in zip(greedy, picked):
             tokens[i] = tok
     for i, s in enumerate(states):

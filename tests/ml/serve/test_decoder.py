@@ -45,3 +45,38 @@ def test_unsupported_architecture_is_refused(lively_model_path):
     model.config.model_type = "gemma"
     with pytest.raises(UnsupportedModel):
         DecoderRunner(model, torch.float32, max_positions=64)
+
+
+def test_prepacked_16bit_weights_give_the_same_logits(lively_model_path, monkeypatch):
+    """On CPU a bf16 model's projections run on oneDNN's prepacked weights: the logits of a prefill
+    and a decode step are bit-identical to the plain F.linear path."""
+    from ml.models import load_causal_lm
+    from ml.serve import decoder
+
+    packed = DecoderRunner(
+        load_causal_lm(lively_model_path, dtype="bfloat16"), torch.bfloat16, max_positions=64
+    )
+    if packed.layers[0].qkv.packed is None:
+        pytest.skip("oneDNN prepacking is not available in this torch build")
+    assert packed.head_packed is not None
+    monkeypatch.setattr(decoder, "prepack", lambda w: None)
+    plain = DecoderRunner(
+        load_causal_lm(lively_model_path, dtype="bfloat16"), torch.bfloat16, max_positions=64
+    )
+    assert plain.layers[0].qkv.packed is None
+
+    def run(runner):
+        cache = runner.new_cache(2, 64)
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, runner.vocab_size, (2, 6), generator=gen)
+        pos = torch.arange(6).repeat(2, 1)
+        last = torch.tensor([[0, 5], [1, 5]])
+        prefill = runner.forward(ids, pos, torch.arange(2), False, cache, 6, None, last)
+        step = torch.tensor([[0, 0], [1, 0]])
+        decode = runner.forward(
+            prefill.argmax(-1)[:, None], torch.full((2, 1), 6), torch.arange(2), True, cache, 7, None, step
+        )
+        return prefill, decode
+
+    for a, b in zip(run(packed), run(plain)):
+        assert torch.equal(a, b)
