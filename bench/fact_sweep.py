@@ -185,8 +185,8 @@ def table(rows: list[dict], before: dict) -> str:
         f"Base model: general accuracy {before['general_acc']:.0%} ({len(GENERAL_EVAL)} questions).",
         "",
         ("| adapter | batch | n_epochs | fact (format) | lr | steps | loss first → last | paraphrases stated "
-         "| learned | general before → after |"),
-        "|---|---|---|---|---|---|---|---|---|---|",
+         "| learned | general before → after | train s |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         f = r[r["fact"]]
@@ -194,7 +194,7 @@ def table(rows: list[dict], before: dict) -> str:
             f"| {r['adapter']} | {r['batch_size']} | {r['n_epochs']} ({r['epochs']}) | {r['fact']} ({r['format']}) "
             f"| {r['lr']:.2g} | {r['steps']} | {r['first_loss']:.2f} → {r['last_loss']:.2f} | {f['hits']}/5 "
             f"| {'yes' if f['hits'] >= LEARNED_AT else 'NO'} "
-            f"| {before['general_acc']:.0%} → {r['general_acc']:.0%} |"
+            f"| {before['general_acc']:.0%} → {r['general_acc']:.0%} | {r['train_s']:.0f} |"
         )
     return "\n".join(lines)
 
