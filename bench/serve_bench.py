@@ -60,17 +60,21 @@ def hf_sequential(model, prompts: list[list[int]], n: int) -> dict:
         for p in prompts:
             t = time.perf_counter()
             model.generate(
-                torch.tensor([p]), max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0
+                torch.tensor([p], device=model.device),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
             )
             latencies.append(time.perf_counter() - t)
     wall = time.perf_counter() - t0
     return {"wall": wall, "tokens": n * len(prompts), "latency_p50": pct(latencies, 50)}
 
 
-def helper_process(conn, base: str, dtype: str, threads: int) -> None:
+def helper_process(conn, base: str, dtype: str, threads: int, device: str) -> None:
     """Runs commands sent over `conn`: ("adapters", root, k, rank) and ("hf", prompts, n)."""
     torch.set_num_threads(threads)
-    model = load_causal_lm(base, dtype=dtype).eval()
+    model = load_causal_lm(base, dtype=dtype).to(device).eval()
     while (msg := conn.recv()) is not None:
         if msg[0] == "adapters":
             conn.send([str(d) for d in make_adapters(Path(base), Path(msg[1]), msg[2], msg[3])])
@@ -135,6 +139,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=3, help="rounds; each row reports its fastest round")
+    ap.add_argument("--device", default="cpu", help="where both the engine and HF generate run (cpu, cuda)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n = args.tokens
@@ -146,14 +151,16 @@ def main() -> None:
 
     ctx = multiprocessing.get_context("spawn")
     conn, child_conn = ctx.Pipe()
-    helper = ctx.Process(target=helper_process, args=(child_conn, str(base), args.dtype, args.threads))
+    helper = ctx.Process(
+        target=helper_process, args=(child_conn, str(base), args.dtype, args.threads, args.device)
+    )
     helper.start()
 
     def hf_round() -> dict:
         conn.send(("hf", prompts, n))
         return conn.recv()
 
-    engine = Engine(base, dtype=args.dtype, max_batch_size=16, max_total_tokens=1024)
+    engine = Engine(base, dtype=args.dtype, max_batch_size=16, max_total_tokens=1024, device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
         conn.send(("adapters", tmp, 4, args.rank))
         for i, d in enumerate(conn.recv()):
@@ -187,7 +194,7 @@ def main() -> None:
         return r["tokens"] / r["wall"]
 
     print(
-        f"\nSmolLM2-135M-Instruct, {args.dtype}, {args.threads} threads, 8 prompts "
+        f"\nSmolLM2-135M-Instruct, {args.dtype}, {args.device}, {args.threads} threads, 8 prompts "
         f"({min(map(len, prompts))}-{max(map(len, prompts))} tokens) x {n} new tokens, greedy, "
         f"r={args.rank} all-linear adapters, best of {args.repeat} interleaved rounds\n"
     )
