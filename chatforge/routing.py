@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.orm import object_session
+
 from chatforge.basemodels import model_dir
 from chatforge.db.models import Model
 from chatforge.db.session import session_scope
@@ -44,9 +46,16 @@ def is_reward_model(row: Model) -> bool:
 def serving_target(row: Model, settings: Settings, storage: Storage) -> Target:
     if is_reward_model(row):
         raise NotAChatModel(f"{row.id} is a reward model; it scores replies and cannot generate them")
-    with session_scope() as s:
-        root = s.get(Model, row.root)
+    # The row's own session when it has one: a request already holds that connection, and asking the
+    # pool for a second one per request can exhaust it under load (each waiting request holds one).
+    own = object_session(row)
+    if own is not None:
+        root = own.get(Model, row.root)
         opts = dict(root.settings if root is not None else {})
+    else:
+        with session_scope() as s:
+            root = s.get(Model, row.root)
+            opts = dict(root.settings if root is not None else {})
     dtype = opts.get("dtype") or settings.serve_dtype
     quant = opts.get("quantization") or "none"
     if row.kind == "base" or not row.is_adapter:

@@ -176,7 +176,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sessio
                            project: ProjectDep):
     _check(body)
     row = visible_model(session, project, body.model)
-    target = hub(request).target(row)
+    # off the event loop: it reads the database and may fetch an adapter from the object store
+    target = await asyncio.to_thread(hub(request).target, row)
     session.close()  # do not hold a connection while streaming
     try:
         messages = [m.to_chat() for m in body.messages]
@@ -284,7 +285,8 @@ async def completions(body: CompletionRequest, request: Request, session: Sessio
     if prompt is None:
         raise BadRequest("prompt must be one string (batched prompts are not supported)", param="prompt")
     row = visible_model(session, project, body.model)
-    target = hub(request).target(row)
+    # off the event loop: it reads the database and may fetch an adapter from the object store
+    target = await asyncio.to_thread(hub(request).target, row)
     session.close()
     engine = await asyncio.to_thread(hub(request).engine_for, target)
     tokenizer = hub(request).tokenizer_for(engine, target)

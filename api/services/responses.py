@@ -7,6 +7,7 @@ does not generate: the text and tool-call deltas come from the same path as /v1/
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -429,7 +430,7 @@ async def generate(hub, row, messages: list[dict[str, Any]], *, tools, tool_choi
     naming the Responses field."""
     from api.services.completion import start_chat
 
-    target = hub.target(row)
+    target = await asyncio.to_thread(hub.target, row)  # reads the database, may fetch from the store
     try:
         return await start_chat(hub, target, messages, tools=tools, tool_choice=tool_choice,
                                 response_format=response_format, parallel_tool_calls=parallel_tool_calls,

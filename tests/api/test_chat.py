@@ -409,3 +409,29 @@ def test_cached_tokens_count_the_prefix_the_engine_reused(service, client_a):
     reused = metric(service, "chatforge_engine_prefix_tokens_reused", base_model="tiny-llama") - before
     usage = chunks[-1].usage
     assert chunks[-1].choices == [] and 0 < usage.prompt_tokens_details.cached_tokens == reused
+
+
+def test_many_concurrent_streams_do_not_starve_the_database_pool(service, key_a):
+    """More simultaneous streaming chats than the database pool has connections (30 on PostgreSQL),
+    with /v1/models asked in the middle: every stream completes and the other route answers. A request
+    must never wait for a second pooled connection on the event loop while the requests queued behind
+    it hold the rest (that stalled the whole API until the pool's 30 s timeout)."""
+
+    async def main():
+        c = openai.AsyncOpenAI(base_url=service.v1, api_key=key_a, max_retries=0, timeout=120)
+
+        async def one(i):
+            stream = await c.chat.completions.create(
+                model="tiny-llama", messages=[{"role": "user", "content": f"story {i}"}], max_tokens=12,
+                temperature=0, stream=True)
+            return len([ch async for ch in stream if ch.choices and ch.choices[0].delta.content])
+
+        async def models():
+            await asyncio.sleep(0.5)
+            return [m.id async for m in c.models.list()]
+
+        return await asyncio.gather(models(), *(one(i) for i in range(48)))
+
+    listed, *counts = asyncio.run(main())
+    assert "tiny-llama" in listed
+    assert len(counts) == 48 and all(n > 0 for n in counts)
