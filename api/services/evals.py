@@ -169,7 +169,8 @@ def _sampling_params(sp: Any) -> dict:
     at = "data_source.sampling_params"
     for key in ("response_format", "tools", "reasoning_effort"):
         if sp.get(key) is not None and not (key == "response_format" and sp[key].get("type") == "text"):
-            raise BadRequest(f"{at}.{key} is not supported by the built-in engine", param=f"{at}.{key}",
+            raise BadRequest(f"{at}.{key} is not supported in eval runs (sampling_params takes temperature, "
+                             "top_p, max_completion_tokens and seed)", param=f"{at}.{key}",
                              code="unsupported_parameter")
     checks = {"temperature": (0.0, 2.0, (int, float)), "top_p": (1e-9, 1.0, (int, float)),
               "max_completion_tokens": (1, 32_768, int), "seed": (0, 2**31 - 1, int)}
