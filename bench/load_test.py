@@ -9,7 +9,9 @@ Retry-After checked and honoured. Meanwhile a probe times `/v1/models` and `/v1/
 0.5 s, and the API process's resident memory is sampled every 5 s.
 
 Reports: requests, 2xx/429/5xx counts, TTFT and inter-token latency p50/p99, aggregate tokens/s, the
-non-chat routes' p50/p99, and resident memory at minute 1 vs the end (growth must stay under 5%).
+non-chat routes' p50/p99, and resident memory at minute 1 vs the end (growth must stay under 5%), also
+with the engines' bounded caches (key/value cache, prefix cache; from /metrics) taken out, which is what a
+leak would show in.
 
     .venv/bin/python bench/load_test.py                    # 64 clients, 5 minutes, 4 adapters
     .venv/bin/python bench/load_test.py --clients 16 --duration 60   # a quick look
@@ -63,6 +65,18 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+async def cache_mb(h) -> float:
+    """The engines' bounded caches (key/value cache and prefix cache), from /metrics, in MB."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = (await h.get("/metrics", timeout=30)).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name in ("chatforge_engine_kv_cache_bytes", "chatforge_engine_prefix_cache_bytes"):
+            total += sum(sample.value for sample in family.samples)
+    return total / 1024**2
 
 
 def train_adapters(client: openai.OpenAI, k: int, folder: Path) -> list[str]:
@@ -136,20 +150,23 @@ async def run_load(base_url: str, key: str, models: list[str], clients: int, dur
                 await asyncio.sleep(0.5)
 
     async def memory() -> None:
-        while time.monotonic() < end:
-            rss.append((time.monotonic() - t0, rss_mb(api_pid)))
-            await asyncio.sleep(5)
+        async with httpx.AsyncClient(base_url=base_url.removesuffix("/v1")) as h:
+            while time.monotonic() < end:
+                rss.append((time.monotonic() - t0, rss_mb(api_pid), await cache_mb(h)))
+                await asyncio.sleep(5)
 
     await asyncio.gather(*(one_client(i) for i in range(clients)), probe(), memory())
     wall = time.monotonic() - t0
-    at_1 = next((m for t, m in rss if t >= min(60.0, duration / 5)), float("nan"))
-    final = rss[-1][1] if rss else float("nan")
+    at_1, caches_1 = next(((m, c) for t, m, c in rss if t >= min(60.0, duration / 5)), (float("nan"),) * 2)
+    final, caches_end = rss[-1][1:] if rss else (float("nan"),) * 2
     return {**stats, "wall_s": wall, "tokens_per_s": stats["tokens"] / wall,
             "ttft_p50": pct(ttft, 0.5), "ttft_p99": pct(ttft, 0.99), "itl_p50": pct(itl, 0.5),
             "itl_p99": pct(itl, 0.99),
             **{f"{p}_p50_ms": 1000 * pct(v, 0.5) for p, v in probes.items()},
             **{f"{p}_p99_ms": 1000 * pct(v, 0.99) for p, v in probes.items()},
-            "rss_minute_1_mb": at_1, "rss_end_mb": final, "rss_growth": final / at_1 - 1}
+            "rss_minute_1_mb": at_1, "rss_end_mb": final, "rss_growth": final / at_1 - 1,
+            "caches_minute_1_mb": caches_1, "caches_end_mb": caches_end,
+            "rss_less_caches_growth": (final - caches_end) / (at_1 - caches_1) - 1}
 
 
 def main() -> None:
@@ -158,12 +175,15 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=300)
     p.add_argument("--adapters", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--max-queue", type=int, default=None,
+                   help="the API's CHATFORGE_SERVE_MAX_QUEUE (default 64); below clients - 8 some requests get 429")
     p.add_argument("--database-url")
     p.add_argument("--broker-url")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        env = {} if a.max_queue is None else {"CHATFORGE_SERVE_MAX_QUEUE": str(a.max_queue)}
         svc = start_service(Path(tmp) / "svc", a.database_url, a.broker_url, workers=1,
-                            models={"smollm2": smollm2_dir()})
+                            models={"smollm2": smollm2_dir()}, **env)
         try:
             key = svc.key("load")
             client = openai.OpenAI(base_url=svc.v1, api_key=key, max_retries=0, timeout=600)
@@ -182,13 +202,16 @@ def main() -> None:
             svc.stop()
     print(json.dumps(r, indent=1))
     print(f"\n| clients | duration | adapters | requests ok | 429 (no Retry-After) | 5xx | tokens/s "
-          f"| TTFT p50 / p99 | ITL p50 / p99 | /v1/models p99 | /v1/fine_tuning/jobs p99 | RSS min 1 → end |\n"
-          f"|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+          f"| TTFT p50 / p99 | ITL p50 / p99 | /v1/models p99 | /v1/fine_tuning/jobs p99 | RSS min 1 → end "
+          f"| RSS less the engine caches |\n"
+          f"|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
           f"| {a.clients} | {r['wall_s']:.0f} s | {a.adapters} + base | {r['ok']} | {r['429']} "
           f"({r['429_without_retry_after']}) | {r['5xx']} | {r['tokens_per_s']:.1f} "
           f"| {r['ttft_p50']:.2f} / {r['ttft_p99']:.2f} s | {1000 * r['itl_p50']:.0f} / {1000 * r['itl_p99']:.0f} ms "
           f"| {r['/models_p99_ms']:.0f} ms | {r['/fine_tuning/jobs_p99_ms']:.0f} ms "
-          f"| {r['rss_minute_1_mb']:.0f} → {r['rss_end_mb']:.0f} MB ({100 * r['rss_growth']:+.1f}%) |")
+          f"| {r['rss_minute_1_mb']:.0f} → {r['rss_end_mb']:.0f} MB ({100 * r['rss_growth']:+.1f}%) "
+          f"| {r['rss_minute_1_mb'] - r['caches_minute_1_mb']:.0f} → {r['rss_end_mb'] - r['caches_end_mb']:.0f} MB "
+          f"({100 * r['rss_less_caches_growth']:+.1f}%) |")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ def prometheus(request: Request, session: SessionDep) -> Response:
             metrics.ENGINE_RUNNING.labels(base).set(st.running)
             metrics.ENGINE_WAITING.labels(base).set(st.waiting)
             metrics.PREFIX_REUSED.labels(base).set(st.prefix_tokens_reused_total)
+            metrics.KV_CACHE_BYTES.labels(base).set(st.kv_cache_bytes)
+            metrics.PREFIX_CACHE_BYTES.labels(base).set(st.prefix_cache_bytes)
             for reason, count in st.finished_by_reason.items():
                 metrics.ENGINE_FINISHED.labels(base, reason).set(count)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
