@@ -64,10 +64,10 @@ class _Proj:
     tensors (prepacked for oneDNN on a 16-bit CPU model); quantised (bitsandbytes) modules are called
     one by one."""
 
-    def __init__(self, modules: list[torch.nn.Module]) -> None:
+    def __init__(self, modules: list[torch.nn.Module], fuse: bool = True) -> None:
         self.out_features = [m.out_features for m in modules]
         self.in_features = modules[0].in_features
-        plain = all(type(m) is torch.nn.Linear for m in modules)
+        plain = fuse and all(type(m) is torch.nn.Linear for m in modules)
         self.modules = None if plain else modules
         self.weight = self.bias = self.packed = None
         if plain:
@@ -118,10 +118,18 @@ class _Layer:
 
 class DecoderRunner:
     def __init__(
-        self, model: torch.nn.Module, dtype: torch.dtype, max_positions: int, max_context: int | None = None
+        self,
+        model: torch.nn.Module,
+        dtype: torch.dtype,
+        max_positions: int,
+        max_context: int | None = None,
+        live: bool = False,
     ) -> None:
         """max_positions: size of the rotary table (>= any position written, padding included);
-        max_context: the longest real sequence served (checked against a sliding window)."""
+        max_context: the longest real sequence served (checked against a sliding window).
+        live: read the model's own modules at every call, never fused or prepacked copies, so a model
+        that is being trained (a PEFT policy whose LoRA layers wrap the projections) is sampled with
+        its current weights (RL rollouts, ml.serve.batch_sample)."""
         cfg = model.config
         reason = unsupported_reason({"model_type": cfg.model_type})
         if reason is not None:
@@ -150,9 +158,8 @@ class DecoderRunner:
         # the vocabulary projection, prepacked like the layers (its dense weight is often the
         # embedding's too, so it stays)
         head = model.lm_head
-        self.head_packed = (
-            prepack(head.weight.data) if type(head) is torch.nn.Linear and head.bias is None else None
-        )
+        plain_head = type(head) is torch.nn.Linear and head.bias is None
+        self.head_packed = prepack(head.weight.data) if plain_head and not live else None
         self.layers: list[_Layer] = []
         for layer in inner.layers:
             at, mlp = layer.self_attn, layer.mlp
@@ -160,10 +167,10 @@ class DecoderRunner:
                 _Layer(
                     ln1=layer.input_layernorm.weight,
                     ln2=layer.post_attention_layernorm.weight,
-                    qkv=_Proj([at.q_proj, at.k_proj, at.v_proj]),
-                    o=_Proj([at.o_proj]),
-                    gate_up=_Proj([mlp.gate_proj, mlp.up_proj]),
-                    down=_Proj([mlp.down_proj]),
+                    qkv=_Proj([at.q_proj, at.k_proj, at.v_proj], fuse=not live),
+                    o=_Proj([at.o_proj], fuse=not live),
+                    gate_up=_Proj([mlp.gate_proj, mlp.up_proj], fuse=not live),
+                    down=_Proj([mlp.down_proj], fuse=not live),
                     q_norm=at.q_norm.weight if hasattr(at, "q_norm") else None,
                     k_norm=at.k_norm.weight if hasattr(at, "k_norm") else None,
                     act=mlp.act_fn,
