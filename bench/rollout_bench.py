@@ -1,0 +1,94 @@
+"""RL rollouts: sampling a batch of responses from the PPO policy with the engine's decoder vs transformers'
+generate, same policy object (SmolLM2-135M-Instruct + a LoRA adapter on every linear layer, float32 as a
+PPO job loads it), same prompts, same threads, alternating rounds; each row reports its fastest round.
+
+Both sample with temperature 1.0 and stop a row at its end-of-turn token, so rows end at different
+lengths: the figure is response tokens (up to and including the end token) per second.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/rollout_bench.py [--prompts 8] [--tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from ml.config import LoraSettings
+from ml.data.render import render_prompt
+from ml.models import load_causal_lm, load_tokenizer
+from ml.records import Message
+from ml.rl.config import SamplingSettings
+from ml.rl.ppo_policy import ActorCritic
+from ml.rl.rollout import eos_token_ids, pad_prompts, response_mask
+from tests.support.models import smollm2_dir
+
+QUESTIONS = [
+    "Write a short story about a cat who learns to fly.",
+    "Explain how a bicycle works to a ten-year-old.",
+    "What are three good habits for writing clean Python code?",
+    "Describe the water cycle in a few sentences.",
+    "Give me a recipe for a simple tomato soup.",
+    "Why is the sky blue? Answer briefly.",
+    "List some tips for learning a new language.",
+    "Summarise the plot of Romeo and Juliet.",
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=64, help="max_new_tokens (PPO's default)")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    base = smollm2_dir()
+    tok = load_tokenizer(base)
+    sampling = SamplingSettings(max_new_tokens=args.tokens, temperature=1.0)
+    model = ActorCritic.build(load_causal_lm(base), LoraSettings(), sampling)
+    qs = (QUESTIONS * (args.prompts // len(QUESTIONS) + 1))[: args.prompts]
+    ids, mask = pad_prompts([render_prompt(tok, [Message("user", q)]) for q in qs], tok.pad_token_id)
+    eos = eos_token_ids(tok, model.policy)
+
+    def hf():
+        return model.policy.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0,
+                                     max_new_tokens=args.tokens, pad_token_id=tok.pad_token_id,
+                                     eos_token_id=eos, use_cache=True)
+
+    def engine():
+        return model.generate(ids, mask, sampling, tok.pad_token_id, eos)
+
+    runs: dict[str, list[tuple[float, int]]] = {"generate": [], "engine": []}
+    with torch.no_grad():
+        for fn in (hf, engine):  # warm-up
+            fn()
+        for r in range(args.repeat):
+            for name, fn in ((("generate", hf), ("engine", engine)) if r % 2 == 0
+                             else (("engine", engine), ("generate", hf))):
+                torch.manual_seed(r)
+                t = time.perf_counter()
+                out = fn()
+                wall = time.perf_counter() - t
+                resp, _ = response_mask(out[:, ids.shape[1]:], eos)
+                runs[name].append((wall, int(resp.sum())))
+    print(f"\nSmolLM2-135M-Instruct + LoRA (r={LoraSettings().r}, all linear), float32, {args.threads} threads, "
+          f"{args.prompts} prompts, up to {args.tokens} new tokens, temperature 1.0, best of {args.repeat}\n")
+    print("| sampler | wall s | response tokens | tokens/s | vs generate |")
+    print("|---|---|---|---|---|")
+    best = {k: max(v, key=lambda x: x[1] / x[0]) for k, v in runs.items()}
+    ref = best["generate"][1] / best["generate"][0]
+    for name, label in (("generate", "transformers `generate`"), ("engine", "engine decoder (`sample_batch`)")):
+        wall, n = best[name]
+        print(f"| {label} | {wall:.2f} | {n} | {n / wall:.1f} | {n / wall / ref:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
