@@ -49,12 +49,56 @@ class _RenderedPrompts:
         return ids, None, {}
 
 
-class _GRPOTrainer(AtomicCheckpointMixin, _RenderedPrompts, trl.GRPOTrainer):
+class _EngineRollouts:
+    """Completions sampled with the serving engine's decoder over the live model (ml.serve.batch_sample)
+    where trl would call transformers' generate: one process, no vLLM or continuous batching, text only,
+    and only temperature / top-k / top-p warping. Anything else takes trl's own path."""
+
+    _turn_returns_logprobs = True  # GRPO's turn gives (completions, logprobs); RLOO's the completions
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
+        completions = None
+        if self._engine_can_sample(images, multimodal_fields):
+            if getattr(self, "_live_sampler", None) is None:
+                from ml.serve.batch_sample import LiveSampler
+
+                self._live_sampler = LiveSampler(self.accelerator.unwrap_model(self.model))
+            completions = self._live_sampler.sample(
+                prompt_ids,
+                max_new_tokens=self.max_completion_length,
+                eos_ids=self.eos_token_ids,
+                pad_id=self._tokenizer.pad_token_id,
+                temperature=self.temperature,
+                top_k=self.top_k or 0,
+                top_p=1.0 if self.top_p is None else self.top_p,
+            )
+        if completions is None:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, *args, **kwargs)
+        eos, out = set(self.eos_token_ids), []
+        for row in completions.tolist():  # up to and including the first end token, as trl keeps them
+            end = next((i for i, t in enumerate(row) if t in eos), len(row) - 1)
+            out.append(row[: end + 1])
+        return (out, None) if self._turn_returns_logprobs else out
+
+    def _engine_can_sample(self, images, multimodal_fields) -> bool:
+        return (
+            not self.use_vllm
+            and not getattr(self, "use_transformers_continuous_batching", False)
+            and self.accelerator.num_processes == 1
+            and not (images and any(i is not None for i in images))
+            and not multimodal_fields
+            and self.min_p is None
+            and self.repetition_penalty in (None, 1.0)
+            and not self.args.generation_kwargs
+        )
+
+
+class _GRPOTrainer(AtomicCheckpointMixin, _RenderedPrompts, _EngineRollouts, trl.GRPOTrainer):
     pass
 
 
-class _RLOOTrainer(AtomicCheckpointMixin, _RenderedPrompts, trl.RLOOTrainer):
-    pass
+class _RLOOTrainer(AtomicCheckpointMixin, _RenderedPrompts, _EngineRollouts, trl.RLOOTrainer):
+    _turn_returns_logprobs = False
 
 
 def _method_fields(cfg: RLOOConfig | GRPOConfig) -> dict:

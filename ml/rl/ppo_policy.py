@@ -108,27 +108,13 @@ class ActorCritic(nn.Module):
         """Prompt + sampled response rows ([N, P + R], transformers' generate layout) for left-padded
         prompts. Sampled with the serving engine's batched decoder over the live policy (its LoRA layers
         as they are now); transformers' generate where the engine cannot run the architecture."""
-        runner = self._rollout_runner(input_ids.shape[1] + sampling.max_new_tokens)
-        if runner is None:
-            with self._autocast():
-                return self.policy.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    do_sample=True,
-                    temperature=sampling.temperature,
-                    top_k=sampling.top_k or None,
-                    top_p=sampling.top_p,
-                    max_new_tokens=sampling.max_new_tokens,
-                    pad_token_id=pad_token_id,
-                    eos_token_id=eos_token_id,
-                    use_cache=True,
-                )
-        from ml.serve.batch_sample import sample_batch
+        if getattr(self, "_sampler", None) is None:
+            from ml.serve.batch_sample import LiveSampler
 
+            self._sampler = LiveSampler(self.policy)
         eos = list(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
         prompts = [row[mask.bool()].tolist() for row, mask in zip(input_ids, attention_mask)]
-        responses = sample_batch(
-            runner,
+        responses = self._sampler.sample(
             prompts,
             max_new_tokens=sampling.max_new_tokens,
             eos_ids=eos,
@@ -137,23 +123,21 @@ class ActorCritic(nn.Module):
             top_k=sampling.top_k,
             top_p=sampling.top_p,
         )
-        return torch.cat([input_ids, responses.to(input_ids.device)], dim=1)
-
-    def _rollout_runner(self, positions: int):
-        """The engine's decoder over the live policy (rotary table sized for `positions`), or None when
-        the engine does not serve this architecture."""
-        from ml.serve.decoder import DecoderRunner, UnsupportedModel
-
-        cached = getattr(self, "_runner", None)
-        if cached is not None and cached[0] >= positions:
-            return cached[1]
-        model = self.policy.get_base_model()
-        try:
-            runner = DecoderRunner(model, model.get_input_embeddings().weight.dtype, positions, live=True)
-        except UnsupportedModel:
-            runner = None
-        self._runner = (positions, runner)
-        return runner
+        if responses is not None:
+            return torch.cat([input_ids, responses.to(input_ids.device)], dim=1)
+        with self._autocast():
+            return self.policy.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                do_sample=True,
+                temperature=sampling.temperature,
+                top_k=sampling.top_k or None,
+                top_p=sampling.top_p,
+                max_new_tokens=sampling.max_new_tokens,
+                pad_token_id=pad_token_id,
+                eos_token_id=eos_token_id,
+                use_cache=True,
+            )
 
     # Checkpoint state: the adapter weights (peft's own naming) and the value head.
     def save_trainable(self, folder: Path) -> None:

@@ -84,3 +84,38 @@ def sample_batch(
         logits = runner.forward(tok[:, None], cur[:, None], rows, True, cache, attn_len, None, step_index)
         cur = cur + 1
     return torch.stack(out, dim=1)
+
+
+class LiveSampler:
+    """Samples a model that is being trained (RL rollouts): a DecoderRunner(live=True) over it, built on
+    first use and rebuilt only when a longer rotary table is needed. A PEFT model is read through its
+    LoRA-wrapped base; available is False when the engine does not run the architecture (callers then
+    use transformers' generate)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._runner: DecoderRunner | None = None
+        self._positions = 0
+        self.available = True
+
+    def runner(self, positions: int) -> DecoderRunner | None:
+        if not self.available:
+            return None
+        if self._runner is None or self._positions < positions:
+            from ml.serve.decoder import UnsupportedModel
+
+            dtype = self.model.get_input_embeddings().weight.dtype
+            try:
+                self._runner = DecoderRunner(self.model, dtype, positions, live=True)
+            except UnsupportedModel:
+                self.available = False
+                return None
+            self._positions = positions
+        return self._runner
+
+    def sample(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, **kw) -> torch.Tensor | None:
+        """sample_batch over the live model, or None where the engine cannot run it."""
+        runner = self.runner(max(len(p) for p in prompts) + max_new_tokens)
+        if runner is None:
+            return None
+        return sample_batch(runner, prompts, max_new_tokens=max_new_tokens, **kw)

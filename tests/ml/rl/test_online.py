@@ -68,10 +68,21 @@ def test_trl_sees_prompts_tokenised_by_render_and_rewards_see_full_conversations
 
 
 @pytest.mark.parametrize("method", ["rloo", "grpo"])
-def test_online_rl_raises_reward(method, yes_no_policy_path, prompts_file, tmp_path):
+def test_online_rl_raises_reward(method, yes_no_policy_path, prompts_file, tmp_path, monkeypatch):
+    from ml.serve.batch_sample import LiveSampler
+
+    sampled, real = [], LiveSampler.sample
+
+    def counting(self, prompts, **kw):
+        out = real(self, prompts, **kw)
+        sampled.append(out is not None and out.shape[0] == len(prompts))
+        return out
+
+    monkeypatch.setattr(LiveSampler, "sample", counting)
     run, cls = (run_rloo, RLOOConfig) if method == "rloo" else (run_grpo, GRPOConfig)
     sink = PrintSink(verbose=False)
     res = run(online_config(cls), yes_no_policy_path, prompts_file, upper_fraction, tmp_path, sink)
+    assert sampled and all(sampled)  # every rollout was sampled by the engine's decoder, not generate
     assert res.status == "succeeded" and res.steps == 8 and res.method == method
     rewards = [m["mean_reward"] for _, m in sink.steps if "mean_reward" in m]
     kls = [m["kl"] for _, m in sink.steps if "kl" in m]
