@@ -196,6 +196,8 @@ def _inject(fault: str) -> None:
         torch.empty(1 << 60, dtype=torch.uint8)  # 1 EiB: the allocator refuses it
     elif fault == "bug":
         torch.zeros(2, 3) @ torch.zeros(2, 3)  # a shape mismatch, as a library bug would raise
+    elif fault == "library_valueerror":  # a ValueError from inside a library, not about the user's data
+        torch.nn.functional.cross_entropy(torch.zeros(2, 3), torch.zeros(5, dtype=torch.long))
     raise AssertionError(f"unknown fault {fault!r}")
 
 

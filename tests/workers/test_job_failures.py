@@ -94,6 +94,15 @@ def test_library_bug_is_an_internal_error(client, train_file, worker):
     assert error.message.startswith("RuntimeError:")
 
 
+def test_a_library_valueerror_is_not_blamed_on_the_data(client, train_file, worker):
+    """A ValueError raised inside torch while training is a library error, not invalid_training_data:
+    only ChatForge's own data checks (DataError) name the user's file."""
+    worker(CHATFORGE_FAULT_INJECTION="library_valueerror")
+    error = failed(client, train_file, sft())
+    assert error.code == "internal_error", error
+    assert error.message.startswith("ValueError:") and error.param is None
+
+
 def test_paused_job_resumes_on_a_worker_without_bf16(svc, client, train_file, worker):
     """bf16 "auto" resolves per host; a resume on another kind of worker keeps the first start's choice."""
     worker(CHATFORGE_BF16_SUPPORTED="1")
