@@ -32,8 +32,9 @@ log = logging.getLogger("chatforge.runner")
 # Job method type -> the recipe name ml.train.servable.export_checkpoint knows.
 RECIPE_NAMES = {"supervised": "sft"}
 
-# Tests only: "oom" or "bug" makes the first reported training step fail with a real torch error (an
-# impossible allocation, a shape mismatch), to check how each cause is reported. Never set in production.
+# Tests only: "oom", "bug" or "library_valueerror" makes the first reported training step fail with a real torch
+# error (an impossible allocation, a shape mismatch, a ValueError from a loss), to check how each cause is
+# reported. Never set in production.
 FAULT_ENV = "CHATFORGE_FAULT_INJECTION"
 
 _OOM_MESSAGES = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
