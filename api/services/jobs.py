@@ -86,7 +86,7 @@ def create_job(session: Session, project: Project, req: dict[str, Any], *, pipel
             raise BadRequest(f"method.{mtype}.reward_model is required: the id of a reward model job's result",
                              param=f"method.{mtype}.reward_model")
         else:
-            rm = visible_model(session, project, rm_id)
+            rm = visible_model(session, project, rm_id, param=f"method.{mtype}.reward_model")
             if rm.kind != "reward_model":
                 raise BadRequest(f"{rm_id} is not a reward model", param=f"method.{mtype}.reward_model")
             extra_files["reward_model"] = rm.id

@@ -310,6 +310,8 @@ def test_another_projects_ids_are_404_in_every_field(service, key_b, a_ids):
     template = [{"role": "user", "content": "{{item.question}}"}]
     b_file = httpx.post(f"{service.v1}/files", headers=_auth(key_b), data={"purpose": "fine-tune"}, files={
         "file": ("b.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in sft_rows(12)))}).json()["id"]
+    b_prompts = httpx.post(f"{service.v1}/files", headers=_auth(key_b), data={"purpose": "fine-tune"}, files={
+        "file": ("p.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in prompt_rows(12)))}).json()["id"]
     cases = [
         ("fine_tuning/jobs", {"model": m, "training_file": b_file, "method": sup}, "model"),
         ("fine_tuning/jobs", {"model": own, "training_file": f, "method": sup}, "training_file"),
@@ -327,6 +329,9 @@ def test_another_projects_ids_are_404_in_every_field(service, key_b, a_ids):
          "data_source.source.id"),
         ("evals", {**eval_body, "testing_criteria": [{"type": "reward_model", "name": "r", "model": rm}]},
          "testing_criteria[0].model"),
+        ("responses", {"model": m, "input": "hi"}, "model"),
+        *((("fine_tuning/jobs", {"model": own, "training_file": b_prompts, "method": {
+            "type": rl, rl: {"reward_model": rm}}}, f"method.{rl}.reward_model")) for rl in ("ppo", "rloo", "grpo")),
     ]
     jobs_before = httpx.get(f"{service.v1}/fine_tuning/jobs", headers=_auth(key_b)).json()["data"]
     for path, body, param in cases:
