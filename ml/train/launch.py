@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -153,4 +154,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    # Everything is written (events are fsynced per line, result.json is complete). Leave without the
+    # interpreter's teardown: the native libraries of a rank (gloo, DeepSpeed's shared-memory
+    # communication op) can abort in their destructors ("terminate called without an active exception",
+    # SIGABRT), and torchrun would then report a finished or paused run as failed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
