@@ -95,8 +95,8 @@ def test_every_engine_tensor_follows_the_model_device(lively_model_path, adapter
     assert log.devices() == {"cpu"}
     # the log really saw the step's ops, not an idle thread
     ops = {op for op, _ in log.seen}
-    expected = {"aten.index_put_.default", "aten.exponential_.default", "aten.embedding.default"}
-    assert expected <= ops, sorted(ops)
+    expected = {"aten.index_put_.default", "aten.rand.generator", "aten.embedding.default"}
+    assert expected <= ops, (expected - ops, sorted(ops))
     for w, g in zip(want, got):
         assert g.error is None and g.finish_reason == w.finish_reason
         assert g.token_ids == w.token_ids
