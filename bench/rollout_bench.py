@@ -18,8 +18,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
+from serve_bench import QUESTIONS  # the same prompts as the serving benchmark
 
 from ml.config import LoraSettings
 from ml.data.render import render_prompt
@@ -29,17 +31,6 @@ from ml.rl.config import SamplingSettings
 from ml.rl.ppo_policy import ActorCritic
 from ml.rl.rollout import eos_token_ids, pad_prompts, response_mask
 from tests.support.models import smollm2_dir
-
-QUESTIONS = [
-    "Write a short story about a cat who learns to fly.",
-    "Explain how a bicycle works to a ten-year-old.",
-    "What are three good habits for writing clean Python code?",
-    "Describe the water cycle in a few sentences.",
-    "Give me a recipe for a simple tomato soup.",
-    "Why is the sky blue? Answer briefly.",
-    "List some tips for learning a new language.",
-    "Summarise the plot of Romeo and Juliet.",
-]
 
 
 def main() -> None:

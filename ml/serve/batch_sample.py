@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ml.serve.decoder import DecoderRunner
+from ml.serve.decoder import DecoderRunner, UnsupportedModel
 
 
 def warp(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -102,8 +102,6 @@ class LiveSampler:
         if not self.available:
             return None
         if self._runner is None or self._positions < positions:
-            from ml.serve.decoder import UnsupportedModel
-
             dtype = self.model.get_input_embeddings().weight.dtype
             try:
                 self._runner = DecoderRunner(self.model, dtype, positions, live=True)
