@@ -59,6 +59,8 @@ def _document(app: FastAPI) -> None:
     parameter), and routes declare OpenAI's error shape (errors.ERROR_RESPONSES), never FastAPI's 422."""
     from fastapi.openapi.utils import get_openapi
 
+    from chatforge.jobconfig import method_components
+
     def openapi() -> dict:
         if app.openapi_schema is not None:
             return app.openapi_schema
@@ -77,6 +79,7 @@ def _document(app: FastAPI) -> None:
                         op["parameters"] = kept
                     else:
                         op.pop("parameters")
+        components.setdefault("schemas", {}).update(method_components())
         for name in ("HTTPValidationError", "ValidationError"):
             components.get("schemas", {}).pop(name, None)
         app.openapi_schema = doc

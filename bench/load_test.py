@@ -177,11 +177,14 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--max-queue", type=int, default=None,
                    help="the API's CHATFORGE_SERVE_MAX_QUEUE (default 64); below clients - 8 some requests get 429")
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment for the service's processes (e.g. MALLOC_ARENA_MAX=2), repeatable")
     p.add_argument("--database-url")
     p.add_argument("--broker-url")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         env = {} if a.max_queue is None else {"CHATFORGE_SERVE_MAX_QUEUE": str(a.max_queue)}
+        env.update(item.split("=", 1) for item in a.server_env)
         svc = start_service(Path(tmp) / "svc", a.database_url, a.broker_url, workers=1,
                             models={"smollm2": smollm2_dir()}, **env)
         try:

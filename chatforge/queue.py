@@ -35,17 +35,17 @@ def queue_for(requires: str) -> str:
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("chatforge")
-    conf: dict = dict(
-        broker_url=settings.celery_broker_url,
-        task_acks_late=True,  # a task killed mid-run is redelivered (where the transport can)
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_default_queue=QUEUE_ANY,
-        task_ignore_result=True,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        broker_connection_timeout=3,
-    )
+    conf: dict = {
+        "broker_url": settings.celery_broker_url,
+        "task_acks_late": True,  # a task killed mid-run is redelivered (where the transport can)
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": QUEUE_ANY,
+        "task_ignore_result": True,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "broker_connection_timeout": 3,
+    }
     if settings.embedded_broker:
         folder = settings.broker_dir
         (folder / "queue").mkdir(parents=True, exist_ok=True)
@@ -100,5 +100,5 @@ def broker_ready(timeout: float = 2.0) -> bool:
         with get_celery().connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means the broker is not reachable
         return False

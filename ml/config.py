@@ -9,8 +9,10 @@ the API builds its request schemas from these classes and the worker passes them
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Any, Literal
 
@@ -64,8 +66,15 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _or_auto(schema: dict[str, Any], auto: bool) -> dict[str, Any]:
+    return {"anyOf": [schema, {"const": AUTO}]} if auto else schema
+
+
 def integer(lo: int, hi: int | None = None, auto: bool = False) -> Rule:
     """An integer in [lo, hi] (no upper bound when hi is None); with auto, "auto" too."""
+    schema: dict[str, Any] = {"type": "integer", "minimum": lo}
+    if hi is not None:
+        schema["maximum"] = hi
 
     def check(name: str, v: Any) -> None:
         if auto and v == AUTO:
@@ -74,11 +83,13 @@ def integer(lo: int, hi: int | None = None, auto: bool = False) -> Rule:
             rng = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
             raise ConfigError(name, f"must be {rng}{_OR_AUTO if auto else ''}, got {v!r}")
 
-    return {"check": check}
+    return {"check": check, "schema": _or_auto(schema, auto)}
 
 
 def number(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False, auto: bool = False) -> Rule:
     """A finite number between lo and hi, each bound closed unless said open; with auto, "auto" too."""
+    schema = {"type": "number", "exclusiveMinimum" if lo_open else "minimum": lo,
+              "exclusiveMaximum" if hi_open else "maximum": hi}
 
     def check(name: str, v: Any) -> None:
         if auto and v == AUTO:
@@ -89,7 +100,7 @@ def number(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False, a
             bound = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
             raise ConfigError(name, f"must be a number in {bound}{_OR_AUTO if auto else ''}, got {v!r}")
 
-    return {"check": check}
+    return {"check": check, "schema": _or_auto(schema, auto)}
 
 
 def choice(*options: Any) -> Rule:
@@ -99,7 +110,7 @@ def choice(*options: Any) -> Rule:
         if v not in options:
             raise ConfigError(name, f"must be one of {', '.join(map(repr, options))}, got {v!r}")
 
-    return {"check": check}
+    return {"check": check, "schema": {"enum": list(options)}}
 
 
 def flag(auto: bool = False) -> Rule:
@@ -109,7 +120,7 @@ def flag(auto: bool = False) -> Rule:
         if not (isinstance(v, bool) or (auto and v == AUTO)):
             raise ConfigError(name, f"must be true or false{_OR_AUTO if auto else ''}, got {v!r}")
 
-    return {"check": check}
+    return {"check": check, "schema": _or_auto({"type": "boolean"}, auto)}
 
 
 def optional(rule: Rule) -> Rule:
@@ -120,7 +131,21 @@ def optional(rule: Rule) -> Rule:
         if v is not None:
             inner(name, v)
 
-    return {**rule, "check": check}
+    return {**rule, "check": check, "schema": {"anyOf": [rule["schema"], {"type": "null"}]}}
+
+
+def names(*keywords: str) -> Rule:
+    """One of the `keywords`, or a non-empty list of non-empty names (e.g. module names)."""
+
+    def check(name: str, v: Any) -> None:
+        if v in keywords:
+            return
+        if not (isinstance(v, (list, tuple)) and v and all(isinstance(x, str) and x for x in v)):
+            alts = " or ".join([*map(repr, keywords), "a non-empty list of names"])
+            raise ConfigError(name, f"must be {alts}, got {v!r}")
+
+    item = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+    return {"check": check, "schema": {"anyOf": [{"enum": list(keywords)}, item]} if keywords else item}
 
 
 def nested(cls: type, nullable: bool = False) -> Rule:
@@ -130,15 +155,53 @@ def nested(cls: type, nullable: bool = False) -> Rule:
         if not (isinstance(v, cls) or (nullable and v is None)):
             raise ConfigError(name, f"must be {cls.__name__}{' or null' if nullable else ''}")
 
-    return {"check": check, "nested": cls}
+    return {"check": check, "nested": cls, "nullable": nullable}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A training method as the API, the console and the worker see it, declared by its config class:
+
+        class DPOConfig(_TrainerConfig, method="dpo", data="preference", recipe="ml.rl.dpo:run_dpo")
+
+    Declaring the class registers the method in METHODS (ml.methods imports every config module): the API
+    accepts `method.type` "dpo", publishes the class's schema, checks the training file holds preference
+    data, and the worker runs the recipe. Adding a method is a recipe function and a config class.
+    """
+
+    name: str  # method.type in the API
+    config: type  # the config class (its fields are the method's settings)
+    data: Literal["sft", "preference", "prompts"]  # what the training file must hold
+    recipe: str  # "module:function" that runs it; imported only where it runs (the worker)
+    produces: Literal["fine_tuned", "reward_model"] = "fine_tuned"  # a chat model, or a scorer
+    # settings that name a model instead of tuning training: name -> the kind of model it must be
+    inputs: tuple[tuple[str, str], ...] = ()
+    # OpenAI's names read as one of this method's fields (PPO: batch_size is rollouts_per_step)
+    aliases: tuple[tuple[str, str], ...] = ()
+
+    def load_recipe(self) -> Callable[..., Any]:
+        module, function = self.recipe.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+METHODS: dict[str, MethodSpec] = {}
 
 
 class _DictMixin:
     """Checks on construction, from_dict/to_dict; nested errors get a dotted param name.
 
     Every field with a rule is checked in declaration order, then `_check` runs the rules that relate
-    fields to each other. Shared with ml.rl.config.
+    fields to each other. A subclass declared with `method=...` registers a MethodSpec. Shared with
+    ml.rl.config.
     """
+
+    def __init_subclass__(cls, method: str | None = None, **spec: Any) -> None:
+        super().__init_subclass__()
+        if method is not None:
+            if method in METHODS:
+                raise TypeError(f"method {method!r} is declared twice ({METHODS[method].config.__name__})")
+            spec = {k: tuple(v.items()) if isinstance(v, dict) else v for k, v in spec.items()}
+            METHODS[method] = MethodSpec(method, cls, **spec)
 
     def __post_init__(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
@@ -149,6 +212,10 @@ class _DictMixin:
 
     def _check(self) -> None:
         """Rules between fields (a subclass adds its own after calling super()._check())."""
+
+    def check_examples(self, n: int) -> None:
+        """Raise ConfigError (naming the field) if a training file of `n` examples cannot give this config
+        one full step. Most methods train on a partial batch; see ml.rl.config for those that cannot."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None):
@@ -193,18 +260,12 @@ class LoraSettings(_DictMixin):
     learning rate then stays about right for any rank."""
     dropout: float = field(default=0.05, metadata=number(0.0, 0.9))
     """Dropout on the adapter input during training (0 disables)."""
-    target_modules: str | tuple[str, ...] = "all-linear"
+    target_modules: str | tuple[str, ...] = field(default="all-linear", metadata=names("all-linear"))
     """Which layers get adapters: "all-linear" (every linear except the output head) or module names."""
 
     def _check(self) -> None:
-        tm = self.target_modules
-        if isinstance(tm, list):
-            object.__setattr__(self, "target_modules", tuple(tm))
-            tm = self.target_modules
-        if not (
-            tm == "all-linear" or (isinstance(tm, tuple) and tm and all(isinstance(x, str) and x for x in tm))
-        ):
-            raise ConfigError("target_modules", f'must be "all-linear" or a list of module names, got {tm!r}')
+        if isinstance(self.target_modules, list):
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
 
 
 @dataclass(frozen=True)
@@ -226,13 +287,32 @@ class DeepSpeedSettings(_DictMixin):
 
 
 @dataclass(frozen=True)
-class SupervisedConfig(_DictMixin):
+class TrainerSettings(_DictMixin):
+    """Settings every method trained by a Hugging Face trainer shares: supervised here; reward model, DPO,
+    RLOO and GRPO in ml.rl.config. Declared once, so they check, document and default alike."""
+
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata=nested(LoraSettings))
+    """Adapter shape when an adapter is trained (adapter "lora", or "qlora" for supervised)."""
+    max_steps: int | None = field(default=None, metadata=optional(integer(1)))
+    """Stop after this many optimizer steps (overrides n_epochs); for smoke tests and budgets."""
+    lr_scheduler: Scheduler = field(default="linear", metadata=choice(*SCHEDULERS))
+    """Decay after warmup: "linear" (OpenAI's), "cosine", "constant" or "constant_with_warmup"."""
+    weight_decay: float = field(default=0.0, metadata=number(0.0, 1.0))
+    """AdamW decoupled weight decay."""
+    max_grad_norm: float = field(default=1.0, metadata=number(0.0, 1e6))
+    """Gradient clipping by global norm (0 disables)."""
+    gradient_checkpointing: bool = field(default=False, metadata=flag())
+    """Recompute activations in the backward pass: about 35% less memory, about 25% slower."""
+    seed: int = field(default=42, metadata=integer(0, 2**32 - 1))
+    """Seed for data order, dropout, adapter initialisation and sampling: same seed + data = same run."""
+
+
+@dataclass(frozen=True)
+class SupervisedConfig(TrainerSettings, method="supervised", data="sft", recipe="ml.train.sft:run_supervised"):
     """Supervised fine-tuning (SFT) of a chat model on conversations; OpenAI's hyperparameters plus more."""
 
     adapter: Adapter = field(default="lora", metadata=choice("lora", "qlora", "full"))
     """What is trained: "lora" (small adapter), "qlora" (adapter over a 4/8-bit base) or "full" (all weights)."""
-    lora: LoraSettings = field(default_factory=LoraSettings, metadata=nested(LoraSettings))
-    """Adapter shape for "lora" and "qlora"."""
     quant: QuantSettings = field(default_factory=QuantSettings, metadata=nested(QuantSettings))
     """Base-weight quantisation for "qlora"."""
     deepspeed: DeepSpeedSettings | None = field(
@@ -255,33 +335,21 @@ class SupervisedConfig(_DictMixin):
     )
     """Scales the base learning rate (ignored if learning_rate is set). "auto": 2 at batch size 4, growing
     with sqrt(batch_size) within [1, 5] (LoRA: 4e-4 at batch 4), calibrated so small files are learned."""
-    lr_scheduler: Scheduler = field(default="linear", metadata=choice(*SCHEDULERS))
-    """Decay after warmup: "linear" (OpenAI's), "cosine", "constant" or "constant_with_warmup"."""
     warmup_ratio: float = field(default=0.03, metadata=number(0.0, 0.5))
     """Fraction of all steps spent warming the learning rate up from 0."""
-    weight_decay: float = field(default=0.0, metadata=number(0.0, 1.0))
-    """AdamW decoupled weight decay."""
-    max_grad_norm: float = field(default=1.0, metadata=number(0.0, 1e6))
-    """Gradient clipping by global norm (0 disables)."""
     max_seq_length: int = field(default=2048, metadata=integer(16, 1 << 20))
     """Examples longer than this many tokens are cut at the end (counted and reported)."""
     packing: bool = field(default=True, metadata=flag())
     """Put several examples in one row (position ids restart, so none attends to another) to skip padding;
     False pads each example to the longest of its micro-batch."""
-    gradient_checkpointing: bool = field(default=False, metadata=flag())
-    """Recompute activations in the backward pass: about 35% less memory, about 25% slower."""
     bf16: bool | Auto = field(default=AUTO, metadata=flag(auto=True))
     """Train in bfloat16 autocast. "auto": on where the hardware supports it."""
-    max_steps: int | None = field(default=None, metadata=optional(integer(1)))
-    """Stop after this many optimizer steps (overrides n_epochs); for smoke tests and budgets."""
     eval_interval: int | Auto = field(default=AUTO, metadata=integer(1, auto=True))
     """Optimizer steps between validation-loss evaluations (also one at the end). "auto": ~10 per run."""
     checkpoint_interval: int | Auto = field(default=AUTO, metadata=integer(1, auto=True))
     """Optimizer steps between checkpoints (also one at the end). "auto": each epoch, at most 250 steps apart."""
     keep_checkpoints: int = field(default=3, metadata=integer(1, 1000))
     """Newest complete checkpoints kept on disk; older ones are deleted."""
-    seed: int = field(default=42, metadata=integer(0, 2**32 - 1))
-    """Seed for shuffling, dropout and adapter initialisation: same seed + data = same run."""
     retain_base: float | Auto = field(default=AUTO, metadata=number(0.0, 100.0, auto=True))
     """Weight of a penalty that keeps the model's answers to general prompts close to the base model's
     (replay of the base model's own answers, computed at the start; ml.train.retain), so that a small file
@@ -430,8 +498,7 @@ def resolve_auto(
     )
 
 
-def config_field_docs(cls: type = SupervisedConfig) -> dict[str, str]:
-    """Field name -> its docstring, parsed from this module's source (for API schema descriptions)."""
+def _own_field_docs(cls: type) -> dict[str, str]:
     import ast
     import inspect
 
@@ -450,6 +517,38 @@ def config_field_docs(cls: type = SupervisedConfig) -> dict[str, str]:
     return docs
 
 
+def config_field_docs(cls: type = SupervisedConfig) -> dict[str, str]:
+    """Field name -> its docstring, parsed from the source of cls and of the config classes it inherits from."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if "__dataclass_fields__" in base.__dict__ and base.__module__.startswith("ml."):
+            docs.update(_own_field_docs(base))
+    return docs
+
+
+def json_schema(cls: type) -> dict[str, Any]:
+    """The JSON Schema (2020-12, as OpenAPI 3.1 uses) of a config class, built from the same rules that check
+    it: each field's type, range or choices, its default and its docstring. The API publishes it and the
+    console's form is made from it, so the checks, the documentation and the form cannot drift apart."""
+    docs, defaults = config_field_docs(cls), field_defaults(cls)
+    by_name = {f.name: f for f in fields(cls)}
+    # the class's own settings first, then what it inherits (DPO's beta before the shared optimizer fields)
+    order = dict.fromkeys(n for k in cls.__mro__ for n in k.__dict__.get("__annotations__", {}) if n in by_name)
+    props: dict[str, Any] = {}
+    for f in (by_name[n] for n in order):
+        rule = f.metadata
+        if "nested" in rule:
+            sub = json_schema(rule["nested"])
+            schema = {"anyOf": [sub, {"type": "null"}]} if rule["nullable"] else sub
+        elif "schema" in rule:
+            schema = dict(rule["schema"])
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name} has no rule (integer, number, choice, ...)")
+        props[f.name] = {**schema, "description": docs.get(f.name, ""), "default": defaults[f.name]}
+    return {"type": "object", "title": cls.__name__, "description": " ".join((cls.__doc__ or "").split()),
+            "properties": props, "additionalProperties": False}
+
+
 def field_defaults(cls: type = SupervisedConfig) -> dict[str, Any]:
     out = {}
     for f in fields(cls):
@@ -458,4 +557,6 @@ def field_defaults(cls: type = SupervisedConfig) -> dict[str, Any]:
         elif f.default_factory is not MISSING:  # type: ignore[misc]
             v = f.default_factory()  # type: ignore[misc]
             out[f.name] = v.to_dict() if is_dataclass(v) else v
+        if isinstance(out[f.name], tuple):
+            out[f.name] = list(out[f.name])
     return out

@@ -16,7 +16,7 @@ def detect(setting: str) -> tuple[list[str], int | None]:
 
         has_cuda = torch.cuda.is_available()
         mem = int(torch.cuda.get_device_properties(0).total_memory // 2**20) if has_cuda else None
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken CUDA install counts as none
         has_cuda, mem = False, None
     if setting == "cuda" and not has_cuda:
         raise SystemExit("CHATFORGE_WORKER_CAPABILITIES=cuda but no CUDA device is visible")

@@ -1,5 +1,6 @@
-"""One function per job method: build the ml config from the stored job, call the recipe, record the
-outcome. Kept thin; all training logic lives in ml/."""
+"""How a job runs, per kind of training data (ml.config.MethodSpec.data): build the ml config from the
+stored job, call the method's recipe (MethodSpec.recipe), record the outcome. A new method with one of
+these data kinds needs nothing here. Kept thin; all training logic lives in ml/."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ from dataclasses import replace
 from chatforge.db.models import FineTuningJob
 from chatforge.db.session import session_scope
 from chatforge.jobconfig import config_for
+from ml.methods import METHODS, MethodSpec
 from workers.distributed import gpus_here, processes_for, run_supervised_ranks
 from workers.outcome import JobContext, JobInputError, record_stopped, record_success
 
 
-def run_supervised_job(ctx: JobContext, sink) -> None:
-    from ml.train.sft import run_supervised
-
+def run_supervised_job(ctx: JobContext, sink, spec: MethodSpec) -> None:
     job = ctx.job
     cfg = replace(config_for(job.method), seed=job.seed)
     if ctx.base.is_adapter:
@@ -29,7 +29,7 @@ def run_supervised_job(ctx: JobContext, sink) -> None:
     if n > 1:
         res = run_supervised_ranks(cfg, n, *args, gpus=gpus)
     else:
-        res = run_supervised(cfg, *args, resume=True)
+        res = spec.load_recipe()(cfg, *args, resume=True)
     if res.status != "succeeded":
         record_stopped(job.id, res.status, res.steps, ctx.owner)
         return
@@ -55,59 +55,53 @@ def _update_hyperparameters(job_id: str, resolved) -> None:
         job.method = method
 
 
-METHODS = {"supervised": run_supervised_job}
-
-
 def _start_path(ctx: JobContext):
     """Folder the RL recipes start from: a base/full model folder or an SFT adapter folder."""
     return ctx.model_path(ctx.base)
 
 
-def _record_rl(ctx: JobContext, res, kind: str) -> None:
+def _record_rl(ctx: JobContext, res, spec: MethodSpec) -> None:
     job = ctx.job
     if res.status != "succeeded":
         record_stopped(job.id, res.status, res.steps, ctx.owner)
         return
-    record_success(ctx, kind=kind, folder_key=f"jobs/{job.id}/model", is_adapter=res.is_adapter,
+    record_success(ctx, kind=spec.produces, folder_key=f"jobs/{job.id}/model", is_adapter=res.is_adapter,
                    trained_tokens=None, result={"steps": res.steps, "metrics": res.metrics, "method": res.method})
 
 
-def run_preference_job(ctx: JobContext, sink) -> None:
+def run_preference_job(ctx: JobContext, sink, spec: MethodSpec) -> None:
     """reward_model and dpo: offline training on a preference file."""
-    from ml.rl.dpo import run_dpo
-    from ml.rl.reward import run_reward_model
-
     job = ctx.job
-    mtype = job.method["type"]
     cfg = replace(config_for(job.method), seed=job.seed)
-    fn = run_reward_model if mtype == "reward_model" else run_dpo
-    res = fn(cfg, _start_path(ctx), ctx.file_path(job.training_file), ctx.file_path(job.validation_file),
+    res = spec.load_recipe()(cfg, _start_path(ctx), ctx.file_path(job.training_file), ctx.file_path(job.validation_file),
              ctx.output_dir, sink, resume=True)
-    if mtype == "reward_model" and res.status == "succeeded" and "valid_accuracy" in res.metrics:
+    if spec.produces == "reward_model" and res.status == "succeeded" and "valid_accuracy" in res.metrics:
         sink.log(f"Reward model pairwise accuracy on the validation file: {res.metrics['valid_accuracy']:.3f}",
                  data={k: v for k, v in res.metrics.items() if k.startswith("valid_")})
-    _record_rl(ctx, res, "reward_model" if mtype == "reward_model" else "fine_tuned")
+    _record_rl(ctx, res, spec)
 
 
-def run_online_job(ctx: JobContext, sink) -> None:
+def run_online_job(ctx: JobContext, sink, spec: MethodSpec) -> None:
     """ppo, rloo, grpo: the policy samples replies to the prompts file, a trained reward model scores them."""
     from chatforge.db.models import Model
-    from ml.rl.online import run_grpo, run_rloo
-    from ml.rl.ppo import run_ppo
 
     job = ctx.job
-    mtype = job.method["type"]
+    mtype = spec.name
     cfg = replace(config_for(job.method), seed=job.seed)
     with session_scope() as s:
         rm = s.get(Model, (job.extra_files or {}).get("reward_model"))
         if rm is None or rm.kind != "reward_model":
             raise JobInputError("the reward model of this job no longer exists", param=f"method.{mtype}.reward_model")
         s.expunge(rm)
-    fn = {"ppo": run_ppo, "rloo": run_rloo, "grpo": run_grpo}[mtype]
-    res = fn(cfg, _start_path(ctx), ctx.file_path(job.training_file), ctx.model_path(rm), ctx.output_dir, sink,
+    res = spec.load_recipe()(cfg, _start_path(ctx), ctx.file_path(job.training_file), ctx.model_path(rm), ctx.output_dir, sink,
              resume=True, valid_file=ctx.file_path(job.validation_file))
-    _record_rl(ctx, res, "fine_tuned")
+    _record_rl(ctx, res, spec)
 
 
-METHODS.update({"reward_model": run_preference_job, "dpo": run_preference_job,
-                "ppo": run_online_job, "rloo": run_online_job, "grpo": run_online_job})
+RUNNERS = {"sft": run_supervised_job, "preference": run_preference_job, "prompts": run_online_job}
+
+
+def run_job(mtype: str, ctx: JobContext, sink) -> None:
+    """Run job `ctx` of method `mtype` with the runner of its data kind."""
+    spec = METHODS[mtype]
+    RUNNERS[spec.data](ctx, sink, spec)

@@ -30,8 +30,6 @@ log = logging.getLogger("chatforge.runner")
 
 
 # Job method type -> the recipe name ml.train.servable.export_checkpoint knows.
-RECIPE_NAMES = {"supervised": "sft"}
-
 # Tests only: "oom", "bug" or "library_valueerror" makes the first reported training step fail with a real torch
 # error (an impossible allocation, a shape mismatch, a ValueError from a loss), to check how each cause is
 # reported. Never set in production.
@@ -123,23 +121,25 @@ def _first_line(e: BaseException) -> str:
 
 
 def main(job_id: str, owner: str) -> int:
+    from chatforge.jobconfig import api_param
     from ml.config import ConfigError
     from ml.records import DataError
     from ml.train.servable import export_checkpoint
-    from workers.methods import METHODS
+    from workers.methods import run_job
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(get_settings().data_dir.resolve() / "torch_extensions"))
     sink: DBSink | None = None
     output_dir: Path | None = None
+    mtype: str | None = None
     try:
         ctx = load_context(job_id)
         ctx.owner, output_dir = owner, ctx.output_dir
         mtype = (ctx.job.method or {}).get("type", "supervised")
         start = ctx.model_path(ctx.base)
         sink = DBSink(job_id, ctx.storage, ctx.model_name, ctx.root.id, ctx.base.id, ctx.job.project_id,
-                      export=partial(export_checkpoint, start=start, method=RECIPE_NAMES.get(mtype, mtype)),
+                      export=partial(export_checkpoint, start=start, method=mtype),
                       owner=owner)
         sink.fault = os.environ.get(FAULT_ENV) or None
         with session_scope() as s:
@@ -148,11 +148,12 @@ def main(job_id: str, owner: str) -> int:
                 add_event(s, job_id, f"Resuming from the last checkpoint (step {job.step}).")
             else:
                 add_event(s, job_id, f"Training started: {mtype} on {ctx.base.id}.")
-        METHODS[mtype](ctx, sink)
+        run_job(mtype, ctx, sink)
     except JobInputError as e:
         fail(job_id, str(e), e.code, e.param, owner)
     except ConfigError as e:
-        fail(job_id, e.message, "invalid_hyperparameter", e.param, owner)
+        param = api_param(mtype, e.param) if mtype else e.param
+        fail(job_id, f"{param}: {e.message}", "invalid_hyperparameter", param, owner)
     except DataError as e:
         fail(job_id, str(e), "invalid_training_data", "training_file", owner)
     except Exception as e:  # noqa: BLE001 - every other failure is classified, reported, never retried

@@ -52,7 +52,8 @@ def supervise(job_id: str, settings: Settings) -> str:
 
     cmd = [sys.executable, "-m", "workers.runner", job_id, owner]
     log.info("starting training child for %s", job_id, extra={"job_id": job_id})
-    child = subprocess.Popen(cmd, preexec_fn=partial(die_with_parent, signal.SIGKILL), env=os.environ.copy())
+    child = subprocess.Popen(cmd, preexec_fn=partial(die_with_parent, signal.SIGKILL),  # noqa: PLW1509
+                             env=os.environ.copy())  # the hook only calls prctl: safe after fork
     beat = max(1.0, settings.job_lease_seconds / 4)
     wait = beat
     try:

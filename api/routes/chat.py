@@ -13,17 +13,15 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api import metrics
 from api.deps import ProjectDep, SessionDep
-from api.errors import APIError, BadRequest, RateLimited
+from api.errors import APIError, BadRequest
 from api.protocol import ChatCompletionRequest, CompletionRequest
-from api.services.completion import GenerationFailed, collect, start_chat
+from api.services.completion import GenerationFailed, collect, merged_events, serve_error, start_chat
 from api.services.models import visible_model
 from api.services.serving import ServingHub, Target
 from chatforge.storage import get_storage
@@ -36,15 +34,6 @@ def hub(request: Request) -> ServingHub:
     if getattr(app.state, "engines", None) is None:
         app.state.engines = ServingHub(app.state.settings, get_storage())
     return app.state.engines
-
-
-def _serve_error(e: Exception) -> APIError:
-    from ml.serve import EngineBusy
-
-    if isinstance(e, EngineBusy):
-        return RateLimited(f"The server is busy: {e}", code="engine_busy")
-    status = getattr(e, "status", 400)
-    return APIError(str(e), status=status, code=getattr(e, "code", None))
 
 
 async def _submit(engine, target: Target, prompt_ids: list[int], body, n: int, logprobs: bool,
@@ -64,7 +53,7 @@ async def _submit(engine, target: Target, prompt_ids: list[int], body, n: int, l
     except ServeError as e:
         for h in handles:
             h.cancel()
-        raise _serve_error(e) from None
+        raise serve_error(e) from None
     return handles
 
 
@@ -86,29 +75,6 @@ def _logprobs_obj(engine, lps) -> dict | None:
 
     return {"content": [{**entry(t.token_id, t.logprob), "top_logprobs": [entry(i, v) for i, v in t.top]}
                         for t in lps], "refusal": None}
-
-
-async def _merged(handles) -> AsyncIterator[tuple[int, Any]]:
-    """Events of n handles as they come, tagged with their choice index."""
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def pump(i, h):
-        async for ev in h:
-            await queue.put((i, ev))
-        await queue.put((i, None))
-
-    tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(handles)]
-    try:
-        left = len(handles)
-        while left:
-            i, ev = await queue.get()
-            if ev is None:
-                left -= 1
-            else:
-                yield i, ev
-    finally:
-        for t in tasks:
-            t.cancel()
 
 
 class EngineFailure(APIError):
@@ -288,9 +254,15 @@ async def completions(body: CompletionRequest, request: Request, session: Sessio
     # off the event loop: it reads the database and may fetch an adapter from the object store
     target = await asyncio.to_thread(hub(request).target, row)
     session.close()
+    from ml.serve import ServeError
+
     engine = await asyncio.to_thread(hub(request).engine_for, target)
+    try:
+        engine.check_room(body.n)  # an overloaded server refuses before tokenizing
+    except ServeError as e:
+        raise serve_error(e) from None
     tokenizer = hub(request).tokenizer_for(engine, target)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    prompt_ids = (await asyncio.to_thread(tokenizer, prompt, add_special_tokens=False))["input_ids"]
     if not prompt_ids:
         raise BadRequest("prompt is empty", param="prompt")
     top = body.logprobs or 0
@@ -323,7 +295,7 @@ async def completions(body: CompletionRequest, request: Request, session: Sessio
     async def events():
         n_out, cached = 0, 0
         try:
-            async for i, ev in _merged(handles):
+            async for i, ev in merged_events(handles):
                 if ev.finish_reason is not None and _failed(ev.finish_reason):
                     yield _error_event(ev)
                     break

@@ -7,10 +7,8 @@ the console shows comes from the public /v1 API with the user's key; nothing her
 
 from __future__ import annotations
 
-import dataclasses
-import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse
@@ -18,7 +16,8 @@ from pydantic import BaseModel, ConfigDict
 
 from api.errors import BadRequest, NotFound
 from chatforge import jobconfig
-from ml.config import ConfigError, config_field_docs
+from ml.config import ConfigError, json_schema
+from ml.methods import METHODS
 
 router = APIRouter(include_in_schema=False)
 
@@ -29,12 +28,6 @@ MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; cha
 # Only our own origin: the console works offline and this makes sure it never reaches for a CDN.
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-# Settings that name inputs rather than tune training, per method (see chatforge.jobconfig).
-INPUT_FIELDS = {m: [{"name": "reward_model", "kind": "model", "required": True, "model_kind": "reward_model",
-                     "doc": "The reward model that scores sampled replies: the result of a reward_model job."}]
-                for m in jobconfig.ONLINE_RL}
-
-
 @router.get("/")
 def console_page() -> FileResponse:
     return _file(STATIC_DIR / "index.html")
@@ -55,73 +48,66 @@ def _file(path: Path) -> FileResponse:
                                  "X-Content-Type-Options": "nosniff"})
 
 
-def _docs(cls: type) -> dict[str, str]:
-    """Field docstrings of cls and of the ml config classes it inherits from."""
-    docs: dict[str, str] = {}
-    for base in reversed(cls.__mro__):
-        if "__dataclass_fields__" in base.__dict__ and base.__module__.startswith("ml."):
-            docs.update(config_field_docs(base))
-    return docs
+def _alternatives(prop: dict[str, Any]) -> list[dict[str, Any]]:
+    """The JSON Schema alternatives of a property, nested anyOf flattened (optional(integer(auto=True)))."""
+    if "anyOf" not in prop:
+        return [prop]
+    return [alt for sub in prop["anyOf"] for alt in _alternatives(sub)]
 
 
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        value = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        value = f.default_factory()
-    else:
-        return None
-    if dataclasses.is_dataclass(value):
-        return value.to_dict()
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _field(name: str, tp: Any, default: Any, doc: str) -> dict[str, Any]:
-    """One setting as the form needs it: kind (int, float, bool, choice, str, group), auto, nullable."""
-    members = get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
-    out: dict[str, Any] = {"name": name, "default": default, "doc": doc, "auto": False, "nullable": False}
+def _field(name: str, prop: dict[str, Any]) -> dict[str, Any]:
+    """One setting as the form needs it, read off its JSON Schema (ml.config.json_schema): kind (int, float,
+    bool, choice, str, group), auto, nullable, choices, and the range the server checks."""
+    out: dict[str, Any] = {"name": name, "default": prop.get("default"), "doc": prop.get("description", ""),
+                           "auto": False, "nullable": False}
     kinds: set[str] = set()
-    for m in members:
-        if m is type(None):
+    for alt in _alternatives(prop):
+        kind = alt.get("type")
+        if alt.get("const") == "auto":
+            out["auto"] = True
+        elif kind == "null":
             out["nullable"] = True
-        elif get_origin(m) is Literal:
-            values = list(get_args(m))
-            if values == ["auto"]:
-                out["auto"] = True
-            else:
-                out["choices"] = values
-                kinds.add("choice")
-        elif dataclasses.is_dataclass(m):
-            out["fields"] = settings_schema(m)
+        elif kind == "object":
+            out["fields"] = [_field(n, p) for n, p in alt["properties"].items()]
+            out["doc"] = out["doc"] or alt.get("description", "")
             kinds.add("group")
-        elif m is bool:
-            kinds.add("bool")
-        elif m in (int, float, str):
-            kinds.add(m.__name__)
-        elif get_origin(m) is tuple:
+        elif kind == "array":
             out["list"] = True  # e.g. target_modules: "all-linear" or a list of names
             kinds.add("str")
-    for kind in ("group", "choice", "bool", "float", "int", "str"):
+        elif "enum" in alt:
+            out["choices"] = alt["enum"]
+            kinds.add("choice")
+        elif kind == "boolean":
+            kinds.add("bool")
+        elif kind in ("integer", "number"):
+            kinds.add("int" if kind == "integer" else "float")
+            out["range"] = {"min": alt.get("minimum", alt.get("exclusiveMinimum")),
+                            "max": alt.get("maximum", alt.get("exclusiveMaximum")),
+                            "min_open": "exclusiveMinimum" in alt, "max_open": "exclusiveMaximum" in alt}
+    for kind in ("group", "str", "choice", "bool", "float", "int"):
         if kind in kinds:
             out["kind"] = kind
             break
     else:
-        raise TypeError(f"no form field for {name}: {tp!r}")
+        raise TypeError(f"no form field for {name}: {prop!r}")
+    if out["kind"] == "str":
+        out.pop("choices", None)  # a keyword ("all-linear") typed in the text box
     return out
 
 
 def settings_schema(cls: type) -> list[dict[str, Any]]:
-    hints, docs = get_type_hints(cls), _docs(cls)
-    return [_field(f.name, hints[f.name], _default(f), docs.get(f.name, ""))
-            for f in dataclasses.fields(cls)]
+    """The form of a config class: the same JSON Schema the API publishes, so the two cannot drift."""
+    return [_field(name, prop) for name, prop in json_schema(cls)["properties"].items()]
 
 
 def methods_schema() -> dict[str, Any]:
     out = {}
-    for method, data_kind in jobconfig.METHOD_KINDS.items():
-        cls = jobconfig.config_class(method)
-        out[method] = {"data_kind": data_kind, "doc": " ".join((cls.__doc__ or "").split()),
-                       "inputs": INPUT_FIELDS.get(method, []), "settings": settings_schema(cls)}
+    for method, spec in METHODS.items():
+        inputs = [{"name": name, "kind": "model", "required": True, "model_kind": kind,
+                   "doc": f"The {kind.replace('_', ' ')} this method uses: the result of a {kind} job."}
+                  for name, kind in spec.inputs]
+        out[method] = {"data_kind": spec.data, "doc": " ".join((spec.config.__doc__ or "").split()),
+                       "inputs": inputs, "settings": settings_schema(spec.config)}
     return out
 
 
@@ -140,10 +126,10 @@ def console_check_method(body: MethodCheck) -> dict[str, Any]:
     """Build the ml config from a `method` object exactly as job creation does; report the first problem."""
     if body.type not in jobconfig.METHOD_KINDS:
         raise BadRequest(f"method.type must be one of {', '.join(jobconfig.METHOD_KINDS)}", param="method.type")
-    settings = dict((body.model_extra or {}).get(body.type) or {})
-    for name in jobconfig.NOT_HYPERPARAMETERS:
-        settings.pop(name, None)
+    settings = (body.model_extra or {}).get(body.type) or {}
     try:
+        if isinstance(settings, dict):
+            settings = {k: v for k, v in settings.items() if k not in jobconfig.inputs(body.type)}
         jobconfig.build_config(body.type, settings)
     except ConfigError as e:
         return {"ok": False, "param": e.param, "message": e.message}

@@ -8,7 +8,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from sqlalchemy import select
 from sse_starlette.sse import EventSourceResponse
 
@@ -18,6 +18,7 @@ from api.pagination import paginate
 from api.services import jobs as svc
 from chatforge.db.models import Checkpoint, FineTuningJob, JobEvent, utcnow
 from chatforge.db.session import session_scope
+from chatforge.jobconfig import schema_ref
 from chatforge.jobstate import add_event
 from chatforge.queue import enqueue_after_commit
 
@@ -33,7 +34,7 @@ class CreateJob(BaseModel):
     suffix: str | None = None
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     metadata: dict[str, Any] | None = None
-    method: dict[str, Any] | None = None
+    method: Annotated[dict[str, Any] | None, WithJsonSchema(schema_ref(nullable=True))] = None
     hyperparameters: dict[str, Any] | None = None
     integrations: list[Any] | None = None
     device: str | None = Field(None, description='"cuda" to require a GPU worker; default any worker')

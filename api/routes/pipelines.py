@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -18,6 +18,7 @@ from api.pagination import paginate
 from api.routes.fine_tuning import job_object
 from api.services import jobs as svc
 from chatforge.db.models import Pipeline, utcnow
+from chatforge.jobconfig import schema_ref
 from chatforge.jobstate import add_event, finish
 from chatforge.pipelines import STAGES, stage_jobs
 
@@ -26,9 +27,12 @@ router = APIRouter(prefix="/v1/fine_tuning", tags=["pipelines"])
 
 class Stages(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    sft: dict[str, Any] = Field(default_factory=dict, description="body of method.supervised")
-    reward_model: dict[str, Any] = Field(default_factory=dict, description="body of method.reward_model")
-    ppo: dict[str, Any] = Field(default_factory=dict, description="body of method.ppo")
+    sft: Annotated[dict[str, Any], WithJsonSchema(schema_ref("supervised"))] = Field(
+        default_factory=dict, description="body of method.supervised")
+    reward_model: Annotated[dict[str, Any], WithJsonSchema(schema_ref("reward_model"))] = Field(
+        default_factory=dict, description="body of method.reward_model")
+    ppo: Annotated[dict[str, Any], WithJsonSchema(schema_ref("ppo"))] = Field(
+        default_factory=dict, description="body of method.ppo (its reward_model is the pipeline's)")
 
 
 class CreatePipeline(BaseModel):

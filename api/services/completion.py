@@ -174,7 +174,8 @@ def plan(tools, tool_choice, response_format, parallel_tool_calls: bool = True) 
     return _Plan(None, choice == "auto", names)
 
 
-def _serve_error(e: Exception) -> APIError:
+def serve_error(e: Exception) -> APIError:
+    """The API error for an engine's ServeError (a full queue is a 429 with Retry-After)."""
     from ml.serve import EngineBusy
 
     if isinstance(e, EngineBusy):
@@ -182,7 +183,7 @@ def _serve_error(e: Exception) -> APIError:
     return APIError(str(e), status=getattr(e, "status", 400), code=getattr(e, "code", None))
 
 
-async def _merged(handles) -> AsyncIterator[tuple[int, Any]]:
+async def merged_events(handles) -> AsyncIterator[tuple[int, Any]]:
     """Events of n handles as they come, tagged with their choice index."""
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -277,6 +278,10 @@ async def start_chat(
 
     p = plan(tools, tool_choice, response_format, parallel_tool_calls)
     engine = await asyncio.to_thread(hub.engine_for, target)
+    try:
+        engine.check_room(n)
+    except ServeError as e:
+        raise serve_error(e) from None
     tokenizer = hub.tokenizer_for(engine, target)
     await asyncio.to_thread(check_context, engine, tokenizer, messages, None, max_tokens, max_tokens_param)
     try:
@@ -300,7 +305,7 @@ async def start_chat(
     except ServeError as e:
         for h in handles:
             h.cancel()
-        raise _serve_error(e) from None
+        raise serve_error(e) from None
 
     def cancel() -> None:
         for h in handles:
@@ -312,7 +317,7 @@ async def start_chat(
         parsers = [ToolCallStream(set(p.names)) if p.parse_tools else None for _ in handles]
         produced = [0] * len(handles)
         try:
-            async for i, ev in _merged(handles):
+            async for i, ev in merged_events(handles):
                 if ev.finish_reason is not None and _failed(ev.finish_reason):
                     raise GenerationFailed(ev.error or f"generation ended with {ev.finish_reason!r}")
                 produced[i] += len(ev.token_ids)

@@ -12,7 +12,7 @@ from api.errors import BadRequest, NotFound
 from api.services.models import visible_model
 from chatforge import jobconfig
 from chatforge.db.models import FineTuningJob, Project, StoredFile, Worker, utcnow
-from chatforge.jobconfig import METHOD_KINDS, ONLINE_RL
+from chatforge.jobconfig import METHOD_KINDS
 from chatforge.jobstate import add_event, finish
 from chatforge.queue import enqueue_after_commit
 from ml.config import ConfigError
@@ -48,11 +48,16 @@ def create_job(session: Session, project: Project, req: dict[str, Any], *, pipel
     model, reward model) are filled in when the stage before it succeeds."""
     method = dict(req.get("method") or {"type": "supervised"})
     mtype = method.get("type", "supervised")
-    if mtype not in METHOD_KINDS:
+    if not isinstance(mtype, str) or mtype not in METHOD_KINDS:
         raise BadRequest(f"method.type must be one of {', '.join(METHOD_KINDS)}, got {mtype!r}",
                          param="method.type")
-    body = dict(method.get(mtype) or {})
-    if req.get("hyperparameters"):  # OpenAI's legacy top-level hyperparameters
+    body = method.get(mtype) or {}
+    if not isinstance(body, dict):
+        raise BadRequest(f"method.{mtype} must be an object of settings, got {type(body).__name__}",
+                         param=f"method.{mtype}", code="invalid_hyperparameter")
+    body = dict(body)
+    if req.get("hyperparameters") and isinstance(body.get("hyperparameters") or {}, dict):
+        # OpenAI's legacy top-level hyperparameters (a non-object inside the method is refused just below)
         body["hyperparameters"] = {**req["hyperparameters"], **(body.get("hyperparameters") or {})}
     config = build_config(mtype, body)
     num_processes = req.get("num_processes")
@@ -63,7 +68,7 @@ def create_job(session: Session, project: Project, req: dict[str, Any], *, pipel
         raise BadRequest("method.supervised.retain_base: the replay penalty toward the base model runs on one "
                          f"process, not {num_processes} (set it to 0, or leave it \"auto\")",
                          param="method.supervised.retain_base", code="invalid_hyperparameter")
-    extras = {k: body[k] for k in jobconfig.NOT_HYPERPARAMETERS if k in body}
+    inputs = jobconfig.inputs(mtype)
 
     base = visible_model(session, project, req["model"])
     if base.kind == "checkpoint":
@@ -77,21 +82,24 @@ def create_job(session: Session, project: Project, req: dict[str, Any], *, pipel
     valid = None
     if req.get("validation_file"):
         valid = _file(session, project, req["validation_file"], "validation_file", kind, pending_ok)
+    if train.n_examples is not None:  # a file still being validated is checked again by the recipe
+        try:
+            config.check_examples(train.n_examples)
+        except ConfigError as e:
+            param = f"method.{mtype}.{e.param}"
+            raise BadRequest(f"{param}: {e.message}", param=param, code="invalid_hyperparameter") from None
     extra_files: dict[str, Any] = {}
-    if mtype in ONLINE_RL:
-        rm_id = extras.get("reward_model")
-        if waiting:
-            pass
-        elif not rm_id:
-            raise BadRequest(f"method.{mtype}.reward_model is required: the id of a reward model job's result",
-                             param=f"method.{mtype}.reward_model")
-        else:
-            rm = visible_model(session, project, rm_id, param=f"method.{mtype}.reward_model")
-            if rm.kind != "reward_model":
-                raise BadRequest(f"{rm_id} is not a reward model", param=f"method.{mtype}.reward_model")
-            extra_files["reward_model"] = rm.id
-    elif extras.get("reward_model"):
-        raise BadRequest("reward_model is only used by ppo, rloo and grpo", param=f"method.{mtype}.reward_model")
+    for name, model_kind in inputs.items():  # settings naming a model (PPO/RLOO/GRPO's reward_model)
+        param = f"method.{mtype}.{name}"
+        model_id = body.get(name)
+        if waiting:  # a pipeline stage: filled in when the stage before it succeeds
+            continue
+        if not model_id:
+            raise BadRequest(f"{param} is required: the id of a {model_kind} job's result", param=param)
+        m = visible_model(session, project, model_id, param=param)
+        if m.kind != model_kind:
+            raise BadRequest(f"{model_id} is not a {model_kind.replace('_', ' ')}", param=param)
+        extra_files[name] = m.id
 
     suffix = req.get("suffix")
     if suffix is not None and (not isinstance(suffix, str) or len(suffix) > 64 or ":" in suffix):

@@ -13,11 +13,10 @@ from typing import Literal
 
 from ml.config import (
     AUTO,
-    SCHEDULERS,
     Auto,
     ConfigError,
     LoraSettings,
-    Scheduler,
+    TrainerSettings,
     choice,
     flag,
     integer,
@@ -65,18 +64,15 @@ class SamplingSettings(_DictForm):
 
 
 @dataclass(frozen=True)
-class _TrainerConfig(_DictForm):
-    """Fields shared by the recipes that run on a Hugging Face trainer (reward model, DPO, RLOO, GRPO)."""
+class _TrainerConfig(TrainerSettings):
+    """Fields shared by the RLHF recipes that run on a trl trainer (reward model, DPO, RLOO, GRPO), on top of
+    ml.config.TrainerSettings."""
 
     adapter: Adapter = field(default="lora", metadata=choice("lora", "full"))
     """"lora": train a small adapter (the frozen reference is the same weights with it disabled);
     "full": train every weight (DPO/RLOO/GRPO then keep a second, frozen copy as the reference)."""
-    lora: LoraSettings = field(default_factory=LoraSettings, metadata=nested(LoraSettings))
-    """Adapter shape when adapter == "lora"."""
     n_epochs: int = field(default=1, metadata=integer(1, 1000))
     """Passes over the training file (ignored when max_steps is set)."""
-    max_steps: int | None = field(default=None, metadata=optional(integer(1)))
-    """Stop after this many optimizer steps (overrides n_epochs)."""
     batch_size: int = field(default=8, metadata=integer(1, 4096))
     """Examples per optimizer step (preference pairs; prompts for RLOO/GRPO)."""
     micro_batch_size: int | Auto = field(default=AUTO, metadata=integer(1, 4096, auto=True))
@@ -84,26 +80,16 @@ class _TrainerConfig(_DictForm):
     "auto": the largest divisor of them up to 8."""
     learning_rate: float = field(default=1e-4, metadata=number(0.0, 1.0, lo_open=True))
     """Peak AdamW learning rate."""
-    lr_scheduler: Scheduler = field(default="linear", metadata=choice(*SCHEDULERS))
-    """Decay after warm-up: "linear", "cosine", "constant" or "constant_with_warmup"."""
     warmup_ratio: float = field(default=0.0, metadata=number(0.0, 0.5))
     """Fraction of all steps spent warming the learning rate up from 0."""
-    weight_decay: float = field(default=0.0, metadata=number(0.0, 1.0))
-    """AdamW decoupled weight decay."""
-    max_grad_norm: float = field(default=1.0, metadata=number(0.0, 1e6, lo_open=True))
-    """Gradient clipping by global norm."""
     bf16: bool = field(default=False, metadata=flag())
     """bfloat16 autocast. Off by default because trl's configs turn it on, which on CPU really runs bf16."""
-    gradient_checkpointing: bool = field(default=False, metadata=flag())
-    """Recompute activations in the backward pass (less memory, slower). trl defaults to on; here off."""
     eval_interval: int | None = field(default=None, metadata=optional(integer(1)))
     """Optimizer steps between validation evaluations (None: at the end of each epoch)."""
     checkpoint_interval: int = field(default=50, metadata=integer(1))
     """Optimizer steps between checkpoints (a checkpoint is also written on pause)."""
     keep_checkpoints: int = field(default=2, metadata=integer(1, 1000))
     """Newest checkpoints kept on disk."""
-    seed: int = field(default=42, metadata=integer(0, 2**32 - 1))
-    """Seed for data order, adapter initialisation and sampling."""
 
     @property
     def examples_per_step(self) -> int:
@@ -129,7 +115,8 @@ class _TrainerConfig(_DictForm):
 
 
 @dataclass(frozen=True)
-class RewardModelConfig(_TrainerConfig):
+class RewardModelConfig(_TrainerConfig, method="reward_model", data="preference",
+                        recipe="ml.rl.reward:run_reward_model", produces="reward_model"):
     """Reward model: a 1-label sequence classifier trained with the pairwise loss -log sigmoid(r_c - r_r).
 
     With adapter "lora" the score head is trained in full next to the adapter (peft modules_to_save).
@@ -147,7 +134,7 @@ DPOLoss = Literal["sigmoid", "ipo", "hinge", "robust"]
 
 
 @dataclass(frozen=True)
-class DPOConfig(_TrainerConfig):
+class DPOConfig(_TrainerConfig, method="dpo", data="preference", recipe="ml.rl.dpo:run_dpo"):
     """Direct preference optimisation against the frozen starting model."""
 
     learning_rate: float = field(default=5e-6, metadata=number(0.0, 1.0, lo_open=True))
@@ -163,7 +150,8 @@ class DPOConfig(_TrainerConfig):
 
 
 @dataclass(frozen=True)
-class PPOConfig(_DictForm):
+class PPOConfig(_DictForm, method="ppo", data="prompts", recipe="ml.rl.ppo:run_ppo",
+                inputs={"reward_model": "reward_model"}, aliases={"batch_size": "rollouts_per_step"}):
     """PPO: LoRA policy + value head, per-token KL penalty to the frozen starting model, reward at the end."""
 
     steps: int = field(default=100, metadata=integer(1))
@@ -259,14 +247,22 @@ class _GroupConfig(_TrainerConfig):
     def examples_per_step(self) -> int:
         return self.batch_size * self.num_generations
 
+    def check_examples(self, n: int) -> None:
+        """trl samples whole batches of prompts (a step's groups), so the file must hold batch_size prompts."""
+        if n < self.batch_size:
+            raise ConfigError("batch_size", f"is {self.batch_size} prompts per step but the training file has "
+                              f"{n} prompts; use a batch_size of at most {n}")
+
 
 @dataclass(frozen=True)
-class RLOOConfig(_GroupConfig):
+class RLOOConfig(_GroupConfig, method="rloo", data="prompts", recipe="ml.rl.online:run_rloo",
+                 inputs={"reward_model": "reward_model"}):
     """REINFORCE leave-one-out: a response's baseline is the mean reward of the other responses to its prompt."""
 
 
 @dataclass(frozen=True)
-class GRPOConfig(_GroupConfig):
+class GRPOConfig(_GroupConfig, method="grpo", data="prompts", recipe="ml.rl.online:run_grpo",
+                 inputs={"reward_model": "reward_model"}):
     """Group relative policy optimisation: rewards standardised within each prompt's group of responses."""
 
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = field(
@@ -278,13 +274,3 @@ class GRPOConfig(_GroupConfig):
     )
     """Divide advantages by the reward std of the group, of the batch, or not at all."""
 
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Field name -> docstring for an RL config class, inherited fields included (for API schemas)."""
-    from ml.config import config_field_docs
-
-    docs: dict[str, str] = {}
-    for base in reversed(cls.__mro__):
-        if base.__module__ == __name__ and "__dataclass_fields__" in base.__dict__:
-            docs.update(config_field_docs(base))
-    return docs

@@ -130,6 +130,7 @@ def run_online(cfg: RLOOConfig | GRPOConfig, base_model: Path, prompts_file: Pat
     method = "grpo" if isinstance(cfg, GRPOConfig) else "rloo"
     run = RLRun.begin(method, cfg, base_model, output_dir, sink, resume)
     prompts = read_prompts(prompts_file)
+    cfg.check_examples(len(prompts))
     valid_prompts = read_prompts(valid_file) if valid_file else []
     sink.log(
         f"{method.upper()}: {len(prompts)} prompts, {cfg.num_generations} responses per prompt.",

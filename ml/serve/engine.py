@@ -239,6 +239,13 @@ class Engine:
             self._lock.notify()
         return handle
 
+    def check_room(self, n: int = 1) -> None:
+        """Raise EngineBusy if `n` more requests would not fit in the waiting queue now: a cheap peek, so an
+        overloaded server refuses before it renders and tokenizes a prompt (submit checks again)."""
+        waiting = len(self._waiting)
+        if waiting + n > self.max_queue:
+            raise EngineBusy(f"{waiting} requests are already waiting")
+
     @property
     def grammars(self) -> GrammarCache:
         """The compiled-grammar cache for this engine's vocabulary (built on first use, ~1 s)."""

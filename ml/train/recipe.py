@@ -207,6 +207,10 @@ def fit(trainer, callback: SinkCallback, start_from: Path | None, identity: dict
     """Train `trainer` (an AtomicCheckpointMixin Trainer reporting through `callback`) from `start_from`,
     evaluate the result once more unless its last step was just evaluated, and say how it ended."""
     quiet_console(trainer)
+    if callback.sink.control() == "cancel":  # cancelled while the run was being set up: take no step
+        callback.stopped = "cancel"
+        step, last = (complete_checkpoints(trainer.args.output_dir) or [(0, None)])[-1]
+        return Outcome(status="cancelled", steps=step, total_steps=step, checkpoint=last)
     trainer.checkpoint_info = identity
     trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
     evaluate_final(trainer, callback)

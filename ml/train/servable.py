@@ -38,8 +38,8 @@ def _has_adapter(folder: Path) -> bool:
 def export_checkpoint(checkpoint: str | Path, start: str | Path, method: str) -> Servable:
     """The servable form of `checkpoint`, written into `checkpoint/servable` when it differs from it.
 
-    `start` is the folder the job started from (a full model, or an SFT LoRA output); `method` is
-    "sft", "reward_model", "dpo", "ppo", "rloo" or "grpo". Idempotent: a finished export is reused.
+    `start` is the folder the job started from (a full model, or an SFT LoRA output); `method` is the
+    job's method ("supervised", "reward_model", "dpo", "ppo", "rloo" or "grpo"). Idempotent: a finished export is reused.
     """
     from ml.rl.start import fold_adapter, load_start_tokenizer, resolve_start
 
@@ -56,7 +56,7 @@ def export_checkpoint(checkpoint: str | Path, start: str | Path, method: str) ->
         return Servable(out, "reward_model")
     if not _has_adapter(checkpoint):
         return Servable(checkpoint, "full")
-    if method == "sft" or point.adapter is None:
+    if method == "supervised" or point.adapter is None:
         return Servable(checkpoint, "adapter")  # already relative to the original base
     if not (out / "adapter_config.json").exists():
         with atomic_dir(out) as tmp:

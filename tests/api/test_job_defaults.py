@@ -27,7 +27,7 @@ def files(client_a, tmp_path_factory):
         return client_a.files.create(file=write_jsonl(d / name, rows).open("rb"), purpose="fine-tune").id
 
     return {"sft": up("sft.jsonl", sft_rows(40)), "pref": up("pref.jsonl", preference_rows(12)),
-            "prompts": up("prompts.jsonl", prompt_rows(10))}
+            "prompts": up("prompts.jsonl", prompt_rows(32)), "few_prompts": up("few.jsonl", prompt_rows(10))}
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,16 @@ def test_every_batch_size_is_accepted_with_defaults(client_a, files, reward_mode
     for job in created:
         final = wait_status(client_a, job.id, TERMINAL, timeout=300)
         assert final.status == "cancelled", (job.id, final.status, final.error)
+
+
+@pytest.mark.parametrize("mtype", ["rloo", "grpo"])
+def test_more_prompts_per_step_than_the_file_holds_is_a_400(client_a, files, reward_model, mtype):
+    """RLOO and GRPO sample whole batches of prompts: 16 per step cannot come from a file of 10."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client_a.fine_tuning.jobs.create(model="tiny-llama", training_file=files["few_prompts"], method={
+            "type": mtype, mtype: {"reward_model": reward_model, "hyperparameters": {"batch_size": 16}}})
+    assert e.value.body["param"] == f"method.{mtype}.batch_size", e.value.body
+    assert "the training file has 10 prompts" in e.value.body["message"]
 
 
 @pytest.mark.parametrize(

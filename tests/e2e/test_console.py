@@ -279,7 +279,6 @@ def test_lora_job_from_the_train_form_draws_its_loss_curve_live(page, trained):
     page.wait_for_selector("#checkpoints table")
     assert f"{job['fine_tuned_model']}:ckpt-step-{STEPS}" in page.inner_text("#checkpoints")
     assert page.is_disabled("#cancel-job") and page.is_disabled("#pause-job") and page.is_disabled("#resume-job")
-    shot(page, "console-job")
 
 
 def test_jobs_and_models_pages_show_status_and_lineage(page, trained):
@@ -597,6 +596,9 @@ def test_new_eval_from_a_file_runs_smollm2_and_follows_its_progress(page, servic
 def test_job_page_evaluate_this_model_runs_an_eval_on_it(page, service, key, zephyr):
     fine_tuned = zephyr["fine_tuned_model"]
     go(page, f"#/jobs/{zephyr['id']}", "#job-status .status-succeeded")
+    page.wait_for_selector("#checkpoints table")
+    assert points(page) > 0 and SMOLLM2 in page.inner_text("#main")
+    shot(page, "console-job")  # the README's job picture: SmolLM2 learning the made-up fact
     link = page.wait_for_selector("#evaluate-model:not([hidden])")
     assert link.inner_text() == "Evaluate this model"
     link.click()

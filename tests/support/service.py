@@ -45,7 +45,7 @@ def postgres_database() -> Iterator[str]:
 
         try:
             get_engine(url).dispose()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - best effort before dropping the database
             pass
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -152,7 +152,7 @@ class Proc:
 
 
 def spawn(env: dict[str, str], args: list[str], log: Path) -> Proc:
-    f = open(log, "ab")
+    f = open(log, "ab")  # noqa: SIM115 - the child writes to it for its whole life
     p = subprocess.Popen([sys.executable, "-m", "chatforge.cli", *args], env=env, cwd=ROOT,
                          stdout=f, stderr=subprocess.STDOUT)
     return Proc(p, log)

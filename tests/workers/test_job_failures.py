@@ -77,7 +77,7 @@ def test_bad_setting_is_an_invalid_hyperparameter(client, train_file, worker):
     # accepted at creation ("auto" batch size), impossible once the file's size fixes the batch
     error = failed(client, train_file, sft(hyperparameters={"batch_size": "auto"}, micro_batch_size=3))
     assert error.code == "invalid_hyperparameter", error
-    assert error.param == "micro_batch_size"
+    assert error.param == "method.supervised.micro_batch_size" and error.message.startswith(error.param)
 
 
 def test_out_of_memory_is_out_of_memory(client, train_file, worker):

@@ -18,9 +18,26 @@ function text(v) {
   return Array.isArray(v) ? v.join(", ") : String(v);
 }
 
+/** "[1, 1024]", "(0, 1]" or ">= 1": the range the server checks (the same rule, via the schema). */
+function rangeText(r) {
+  if (!r) return "";
+  if (r.max == null) return `${r.min_open ? ">" : ">="} ${r.min}`;
+  return `${r.min_open ? "(" : "["}${r.min}, ${r.max}${r.max_open ? ")" : "]"}`;
+}
+
 function hint(spec) {
   const d = spec.default == null ? "none" : text(spec.default);
-  return `${spec.doc} Default: ${d}.`.trim();
+  const range = spec.range ? ` Range: ${rangeText(spec.range)}${spec.auto ? ' or "auto"' : ""}.` : "";
+  return `${spec.doc}${range} Default: ${d}.`.trim();
+}
+
+const within = (r) => (r.max == null ? rangeText(r) : `in ${rangeText(r)}`);
+
+function inRange(r, x) {
+  if (!r) return true;
+  const aboveMin = r.min == null || (r.min_open ? x > r.min : x >= r.min);
+  const belowMax = r.max == null || (r.max_open ? x < r.max : x <= r.max);
+  return aboveMin && belowMax;
 }
 
 export class SettingsForm {
@@ -182,11 +199,14 @@ function parse(spec, raw) {
   const orAuto = spec.auto ? ' or "auto"' : "";
   if (spec.kind === "int") {
     if (!/^[+-]?\d+$/.test(raw)) return [null, `must be a whole number${orAuto}`];
-    return [parseInt(raw, 10), null];
+    const x = parseInt(raw, 10);
+    if (!inRange(spec.range, x)) return [null, `must be an integer ${within(spec.range)}${orAuto}`];
+    return [x, null];
   }
   if (spec.kind === "float") {
     const x = Number(raw);
     if (!Number.isFinite(x)) return [null, `must be a number${orAuto}`];
+    if (!inRange(spec.range, x)) return [null, `must be a number ${within(spec.range)}${orAuto}`];
     return [x, null];
   }
   if (spec.list && raw.includes(",")) return [raw.split(",").map((s) => s.trim()).filter(Boolean), null];

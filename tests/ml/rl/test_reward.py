@@ -87,7 +87,7 @@ def test_score_requires_an_assistant_reply(trained_rm):
 def test_reward_model_resumes_from_checkpoint(tiny_model_path, preference_files, tmp_path):
     cfg = small_rm_config(n_epochs=1, checkpoint_interval=4, keep_checkpoints=5)
 
-    first = PauseAfter(4)
+    first = PauseAfter(5)  # the setup poll, then steps 1-4
     paused = run_reward_model(cfg, tiny_model_path, preference_files["train"], None, tmp_path, first)
     assert paused.status == "paused" and paused.steps == 4 and paused.model_dir is None
     assert paused.checkpoint is not None and paused.checkpoint.name == "checkpoint-4"

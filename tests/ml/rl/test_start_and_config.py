@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from ml.config import ConfigError, LoraSettings
+from ml.config import ConfigError, LoraSettings, config_field_docs
 from ml.models import load_causal_lm, load_tokenizer
 from ml.rl.config import (
     DPOConfig,
@@ -12,7 +12,6 @@ from ml.rl.config import (
     RewardModelConfig,
     RLOOConfig,
     SamplingSettings,
-    field_docs,
 )
 from ml.rl.start import (
     load_start_causal_lm,
@@ -95,7 +94,7 @@ def test_configs_round_trip_and_document_every_field(cls):
     assert cls.from_dict(cfg.to_dict()) == cfg
     from dataclasses import fields
 
-    docs = field_docs(cls)
+    docs = config_field_docs(cls)
     assert {f.name for f in fields(cls)} == set(docs)
     assert all(docs.values())
 

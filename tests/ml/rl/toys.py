@@ -115,7 +115,8 @@ def build_yes_no_policy(tiny_path: Path, out: Path, steps: int = 50, seed: int =
 
 
 class PauseAfter(PrintSink):
-    """A sink that answers `what` ("pause" or "cancel") from its n-th control poll on (one poll per step)."""
+    """A sink that answers `what` ("pause" or "cancel") from its n-th control poll on: one poll per step, and
+    for trainer-based recipes one more before the first step (a cancel while the run was set up)."""
 
     def __init__(self, n: int, what: str = "pause") -> None:
         super().__init__(verbose=False)

@@ -150,7 +150,12 @@ def test_cancel_while_waiting(make_engine, prompts):
 def test_queue_limit_and_size_limits(make_engine, prompts):
     eng = make_engine(start=False, max_queue=2, max_total_tokens=64, max_prompt_tokens=40)
     eng.submit(req(prompts[0], max_tokens=4))
+    eng.check_room(1)
+    with pytest.raises(EngineBusy):
+        eng.check_room(2)  # the API's peek before it tokenizes a prompt: two choices would not fit
     eng.submit(req(prompts[0], max_tokens=4))
+    with pytest.raises(EngineBusy):
+        eng.check_room()
     with pytest.raises(EngineBusy):
         eng.submit(req(prompts[0], max_tokens=4))
     with pytest.raises(RequestTooLarge):

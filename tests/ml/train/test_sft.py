@@ -187,6 +187,15 @@ def test_cancel_stops_within_one_step_without_saving(tiny_model_path, word_data,
     assert any("Training cancelled at step 3 of 20" in m for m in sink.messages())
 
 
+def test_cancel_during_setup_takes_no_step(tiny_model_path, word_data, tmp_path):
+    """A job cancelled while its run was being set up (model loading) stops before the first step."""
+    train, _ = word_data
+    sink = StopAtSink("cancel", at=0)
+    r = run_supervised(cfg(max_steps=20), tiny_model_path, train, None, tmp_path / "out", sink)
+    assert r.status == "cancelled" and r.steps == 0 and r.model_dir is None
+    assert not sink.steps and not sink.checkpoints
+
+
 def test_pause_then_resume_continues_and_matches_uninterrupted(tiny_model_path, word_data, tmp_path):
     from safetensors.torch import load_file
 
