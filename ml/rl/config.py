@@ -114,22 +114,6 @@ class _TrainerConfig(TrainerSettings):
             raise ConfigError("micro_batch_size", f"must divide {what}, got {self.micro_batch_size}")
 
 
-@dataclass(frozen=True)
-class RewardModelConfig(_TrainerConfig, method="reward_model", data="preference",
-                        recipe="ml.rl.reward:run_reward_model", produces="reward_model"):
-    """Reward model: a 1-label sequence classifier trained with the pairwise loss -log sigmoid(r_c - r_r).
-
-    With adapter "lora" the score head is trained in full next to the adapter (peft modules_to_save).
-    """
-
-    learning_rate: float = field(default=1e-4, metadata=number(0.0, 1.0, lo_open=True))
-    """Peak AdamW learning rate."""
-    max_length: int = field(default=1024, metadata=integer(16, 1 << 20))
-    """Longest prompt + reply in tokens; the prompt is cut from the left to fit."""
-    center_rewards_coefficient: float | None = field(default=None, metadata=optional(number(0.0, 10.0)))
-    """Weight of a penalty pulling rewards towards mean zero (0.01 is usual; None: off)."""
-
-
 DPOLoss = Literal["sigmoid", "ipo", "hinge", "robust"]
 
 
@@ -147,6 +131,22 @@ class DPOConfig(_TrainerConfig, method="dpo", data="preference", recipe="ml.rl.d
     """Assumed probability that a preference label is flipped (robust / conservative DPO)."""
     max_length: int = field(default=1024, metadata=integer(16, 1 << 20))
     """Longest prompt + reply in tokens; the prompt is cut from the left to fit."""
+
+
+@dataclass(frozen=True)
+class RewardModelConfig(_TrainerConfig, method="reward_model", data="preference",
+                        recipe="ml.rl.reward:run_reward_model", produces="reward_model"):
+    """Reward model: a 1-label sequence classifier trained with the pairwise loss -log sigmoid(r_c - r_r).
+
+    With adapter "lora" the score head is trained in full next to the adapter (peft modules_to_save).
+    """
+
+    learning_rate: float = field(default=1e-4, metadata=number(0.0, 1.0, lo_open=True))
+    """Peak AdamW learning rate."""
+    max_length: int = field(default=1024, metadata=integer(16, 1 << 20))
+    """Longest prompt + reply in tokens; the prompt is cut from the left to fit."""
+    center_rewards_coefficient: float | None = field(default=None, metadata=optional(number(0.0, 10.0)))
+    """Weight of a penalty pulling rewards towards mean zero (0.01 is usual; None: off)."""
 
 
 @dataclass(frozen=True)

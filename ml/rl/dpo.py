@@ -90,5 +90,5 @@ def run_dpo(cfg: DPOConfig, base_model: Path, train_file: Path, valid_file: Path
     final = run.save(policy_writer(trainer.model, run.start, cfg.adapter), cfg.adapter, outcome.steps,
                      metrics=outcome.metrics)
     what = "adapter" if cfg.adapter == "lora" else "model"
-    sink.log(f"Saved the DPO {what} to {final}.", data={"path": str(final)})
+    sink.log(f"Saved the DPO {what}.", data={"path": str(final)})
     return run.result(outcome, final)

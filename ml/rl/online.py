@@ -159,7 +159,7 @@ def run_online(cfg: RLOOConfig | GRPOConfig, base_model: Path, prompts_file: Pat
                      metrics=outcome.metrics)
     shutil.rmtree(Path(output_dir) / START_COPY, ignore_errors=True)
     what = "adapter" if cfg.adapter == "lora" else "model"
-    sink.log(f"Saved the {method.upper()} {what} to {final}.", data={"path": str(final)})
+    sink.log(f"Saved the {method.upper()} {what}.", data={"path": str(final)})
     return run.result(outcome, final)
 
 

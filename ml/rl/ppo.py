@@ -204,7 +204,7 @@ def run_ppo(
             sink.metrics(step, valid, cfg.steps)
     final = run.save(lambda d: write_policy_adapter(model.policy, run.start, d), "lora", step,
                      metrics=metrics)
-    sink.log(f"Training finished: {step} steps. Saved the adapter to {final}.", data={"path": str(final)})
+    sink.log(f"Training finished: {step} steps. Saved the adapter.", data={"path": str(final)})
     return run.result(outcome, final, metrics)
 
 

@@ -104,5 +104,5 @@ def run_reward_model(cfg: RewardModelConfig, base_model: Path, train_file: Path,
     sink.metrics(outcome.steps, metrics, outcome.total_steps)
     write_metadata(final, {**(read_metadata(final) or {}), "metrics": metrics})
     summary = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-    sink.log(f"Saved the reward model to {final} ({summary}).", data={"path": str(final), "metrics": metrics})
+    sink.log(f"Saved the reward model ({summary}).", data={"path": str(final), "metrics": metrics})
     return run.result(outcome, final, metrics)

@@ -250,7 +250,7 @@ def run_supervised(
     final = save_trained(output_dir / FINAL, tokenizer, meta, trainer.save_model, is_main(), barrier)
     if is_main():
         sink.log(
-            f"Saved the trained {'adapter' if meta['is_adapter'] else 'model'} to {final}.",
+            f"Saved the trained {'adapter' if meta['is_adapter'] else 'model'}.",
             data={"path": str(final)},
         )
     return replace(result, model_dir=final)

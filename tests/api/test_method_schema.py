@@ -10,7 +10,7 @@ import jsonschema
 import openai
 import pytest
 
-METHODS = ["supervised", "reward_model", "dpo", "ppo", "rloo", "grpo"]
+METHODS = ["supervised", "dpo", "reward_model", "ppo", "rloo", "grpo"]
 
 
 @pytest.fixture(scope="module")

@@ -192,6 +192,7 @@ def test_train_form_has_every_method_with_its_defaults(page, sft_file):
     page.check("#supervised-deepspeed-enabled")
     assert page.is_visible("#supervised-deepspeed-stage")
     assert "Default: 2048." in page.inner_text("#train-form")  # max_seq_length's default, with its docstring
+    assert "Range: [16, 1048576]. Default: 2048." in page.inner_text("#train-form")  # and its range
     # only files of the kind a method needs are offered
     page.check("input[name=method][value=dpo]")
     page.wait_for_selector("#dpo-beta")
@@ -228,14 +229,22 @@ def trained(page, service, key, sft_file):
     page.fill("#supervised-batch_size", "4")
     page.fill("#supervised-max_steps", str(STEPS))
     page.fill("#supervised-max_seq_length", "64")
-    # checked by the server's config classes before the job is created
+    # a range from the published schema, checked on the page with the server's wording
     page.fill("#supervised-lora-r", "0")
     page.click("#train-form button[type=submit]")
     page.wait_for_selector("#supervised-lora-r[aria-invalid=true]")
-    assert "method.supervised.lora.r" in page.inner_text("#train-status")
-    assert page.url.endswith(f"#/train?file={sft_file}")
+    assert "must be an integer in [1, 1024]" in page.inner_text("#train-form")
     page.fill("#supervised-lora-r", "8")
     assert page.get_attribute("#supervised-lora-r", "aria-invalid") is None  # editing clears the complaint
+    # a rule between fields, checked by the server's config classes before the job is created
+    if not page.is_visible("#supervised-micro_batch_size"):
+        page.click("#train-form details.advanced > summary")
+    page.fill("#supervised-micro_batch_size", "8")
+    page.click("#train-form button[type=submit]")
+    page.wait_for_selector("#supervised-micro_batch_size[aria-invalid=true]")
+    assert "method.supervised.micro_batch_size" in page.inner_text("#train-status")
+    assert page.url.endswith(f"#/train?file={sft_file}")
+    page.fill("#supervised-micro_batch_size", "auto")
     page.wait_for_selector(f"#estimate:has-text('{STEPS} steps')")
     estimate = page.inner_text("#estimate")
     assert re.search(r"≈ 40 steps, ≈ [\d,]+ training tokens, ≈ \d+ s", estimate), estimate
