@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -16,13 +17,26 @@ from chatforge.settings import get_settings
 log = logging.getLogger("chatforge.api")
 
 
+async def _trim_memory(every: float) -> None:
+    """Give free heap pages back to the system every `every` seconds (chatforge.malloc), off the loop."""
+    from chatforge import malloc
+
+    while True:
+        await asyncio.sleep(every)
+        await asyncio.to_thread(malloc.trim)
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.settings = settings
+        trimmer = asyncio.create_task(_trim_memory(settings.malloc_trim_seconds)) \
+            if settings.malloc_trim_seconds else None
         yield
+        if trimmer is not None:
+            trimmer.cancel()
         pool = getattr(app.state, "engines", None)
         if pool is not None:
             pool.shutdown()

@@ -320,8 +320,11 @@ def serve(
     skip_model: Annotated[bool, typer.Option("--skip-model", help="do not install the default base model")] = False,
 ) -> None:
     """Migrate, install the default model, run the API and a worker."""
+    from chatforge import malloc
     from chatforge.httpserver import serve as serve_http
     from chatforge.logs import setup_logging
+
+    malloc.tune()  # before any thread allocates (see chatforge.malloc)
 
     _apply_data_dir(data_dir)
     settings = get_settings()

@@ -1,13 +1,13 @@
-"""glibc malloc settings for the long-running processes that allocate tensors of changing sizes.
+"""glibc malloc settings for the API process, whose serving engines allocate tensors of changing sizes.
 
-The serving engine allocates activations, logits and key/value blocks whose sizes change with every batch.
-glibc serves blocks above its mmap threshold with mmap and gives them back on free, but it raises that
-threshold each time such a block is freed (up to 32 MiB), after which those buffers come from the heap,
-where freed memory is kept and fragments; every thread that allocates (the engine, the API's thread pool)
-also gets its own arena. Resident memory then creeps up under sustained load without any leak. Fixing
-the threshold (which stops the raising) and capping the arenas keeps it flat. Set at process start, before
-threads allocate; a no-op where libc is not glibc. Overridden by the MALLOC_* environment variables, which
-glibc reads itself.
+Each thread that allocates (an engine, the API's thread pool) gets its own glibc arena, and memory freed
+inside an arena stays with the process: under sustained load with prompts and batches of every size,
+resident memory creeps up while nothing leaks. Two remedies, both cheap: cap the arenas (`tune`, at
+process start, before threads allocate) and give free pages back to the system now and then (`trim`,
+malloc_trim(0), which the API runs every CHATFORGE_MALLOC_TRIM_SECONDS). Fixing the mmap threshold instead,
+so that big buffers are unmapped on free, was measured and rejected: the engine's per-step buffers then
+cost a fresh mapping and page faults every step, and decoding slowed down many times over.
+No-ops where libc is not glibc. The MALLOC_ARENA_MAX environment variable, if set, wins (glibc reads it).
 """
 
 from __future__ import annotations
@@ -16,19 +16,30 @@ import ctypes
 import os
 import sys
 
-M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
-MMAP_THRESHOLD = 256 * 1024  # bytes: buffers at least this large are mapped and unmapped on free
-ARENA_MAX = 4
+ARENA_MAX = 2
+
+
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - both exist in glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def tune() -> bool:
-    """Apply the settings above to this process; True if glibc took them."""
-    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+    """Cap this process's malloc arenas; True if glibc took the setting."""
+    libc = _glibc()
+    if libc is None or "MALLOC_ARENA_MAX" in os.environ:
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl or another libc
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_ARENA_MAX, ARENA_MAX))
+    return bool(libc.mallopt(M_ARENA_MAX, ARENA_MAX))
+
+
+def trim() -> bool:
+    """Return free heap memory to the system (malloc_trim(0)); True if some was released."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False

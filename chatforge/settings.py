@@ -28,9 +28,15 @@ class Settings(BaseSettings):
     job_lease_seconds: int = Field(60, description="A running job whose worker misses heartbeats this long is requeued.")
     reconcile_interval_seconds: int = Field(15, description="How often a worker looks for lost or stuck jobs.")
     max_job_attempts: int = Field(3, description="A job that crashed its worker this many times fails.")
-    serve_dtype: str = Field("bfloat16", description="Default dtype for serving base models (float32 or bfloat16).")
+    serve_dtype: str = Field("auto", description="Default dtype for serving base models: float32, bfloat16, or "
+                             "auto (bfloat16 on GPUs and CPUs with native bf16, AVX512-BF16 or AMX; float32 "
+                             "elsewhere, where emulated bf16 is slower).")
     serve_max_batch: int = Field(8, description="Most sequences decoded together by the serving engine.")
     serve_max_queue: int = Field(64, description="Waiting requests before the API answers 429.")
+    malloc_trim_seconds: float = Field(
+        10, ge=0, description="How often the API process gives free memory back to the system (glibc "
+        "malloc_trim), which keeps resident memory flat under sustained serving; 0 never.",
+    )
     adapter_cache_size: int = Field(8, description="Fine-tuned adapters kept loaded per base model (LRU).")
     serve_prefix_cache_mb: float = Field(
         256, ge=0, description="Memory per served base model for keys and values of prompt prefixes reused "

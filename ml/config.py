@@ -10,6 +10,7 @@ the API builds its request schemas from these classes and the worker passes them
 from __future__ import annotations
 
 import importlib
+import inspect
 import itertools
 import math
 from collections.abc import Callable
@@ -500,7 +501,6 @@ def resolve_auto(
 
 def _own_field_docs(cls: type) -> dict[str, str]:
     import ast
-    import inspect
 
     tree = ast.parse(inspect.getsource(cls))
     body = tree.body[0].body  # type: ignore[attr-defined]
@@ -533,7 +533,7 @@ def json_schema(cls: type) -> dict[str, Any]:
     docs, defaults = config_field_docs(cls), field_defaults(cls)
     by_name = {f.name: f for f in fields(cls)}
     # the class's own settings first, then what it inherits (DPO's beta before the shared optimizer fields)
-    order = dict.fromkeys(n for k in cls.__mro__ for n in k.__dict__.get("__annotations__", {}) if n in by_name)
+    order = dict.fromkeys(n for k in cls.__mro__ for n in inspect.get_annotations(k) if n in by_name)
     props: dict[str, Any] = {}
     for f in (by_name[n] for n in order):
         rule = f.metadata

@@ -26,7 +26,7 @@ from typing import Any, Self
 
 import torch
 
-from ml.models import TORCH_DTYPES, Dtype, Quantization, load_causal_lm, load_tokenizer
+from ml.models import TORCH_DTYPES, Dtype, Quantization, load_causal_lm, load_tokenizer, resolve_dtype
 from ml.records import Message
 from ml.serve.constrained import GrammarCache, GrammarSpec
 from ml.serve.decoder import DecoderRunner
@@ -103,10 +103,11 @@ class Engine:
         in blocks of prefix_block_size tokens."""
         self.model_id = model_id or str(base_model_path)
         self.base_model_path = Path(base_model_path)
-        if dtype not in TORCH_DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(TORCH_DTYPES)}, not {dtype!r}")
-        self.torch_dtype = TORCH_DTYPES[dtype]
         self.requested_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = resolve_dtype(dtype, self.requested_device)  # "auto": bf16 where the hardware has it
+        if dtype not in TORCH_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(TORCH_DTYPES)} or 'auto', not {dtype!r}")
+        self.torch_dtype = TORCH_DTYPES[dtype]
         if quantization == "8bit":  # bitsandbytes warns on every 8-bit matmul (STACK.md)
             warnings.filterwarnings("ignore", message="MatMul8bitLt")
         self.tokenizer = load_tokenizer(base_model_path)

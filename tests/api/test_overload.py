@@ -33,7 +33,7 @@ def svc(tmp_path_factory, pg_url, tiny_model_path):
 
 def _gauge(svc, name: str) -> float:
     text = httpx.get(f"{svc.base_url}/metrics", timeout=10).text
-    values = [float(v) for v in re.findall(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M)]
+    values = [float(v) for v in re.findall(rf"^{name}{{[^}}]*}} (\S+)$", text, re.MULTILINE)]
     return sum(values)
 
 

@@ -270,3 +270,16 @@ def test_abandoned_async_stream_cancels_the_request(make_engine, prompts):
     assert out.finish_reason == "cancelled" and out.usage.completion_tokens < 400
     after = eng.generate(req(prompts[0], max_tokens=3, temperature=0))  # the slot is free again
     assert after.finish_reason in ("length", "stop")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_is_bf16_only_where_the_hardware_has_it(make_engine, monkeypatch, native):
+    """"auto" (the API's default) serves in bfloat16 where bf16 matmuls are native, float32 where they would
+    be emulated (AVX2-only CPUs decode several times slower in bf16)."""
+    import ml.models
+
+    monkeypatch.setattr(ml.models, "bf16_is_native", lambda device="cpu": native)
+    eng = make_engine(dtype="auto")
+    assert eng.torch_dtype == (torch.bfloat16 if native else torch.float32)
+    assert next(eng.model.parameters()).dtype == eng.torch_dtype
+    assert eng.generate(GenerationRequest([1, 2, 3], max_tokens=3, temperature=0)).finish_reason == "length"
