@@ -8,6 +8,7 @@ Where the weights come from (a wheel, a hub, a registry row) is the caller's bus
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -27,7 +28,11 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 def bf16_is_native(device: str = "cpu") -> bool:
     """Whether bfloat16 matmuls run in hardware here: CUDA with bf16 support, or a CPU with AVX512-BF16 or AMX.
     Elsewhere (AVX2-only CPUs) bf16 is emulated and slower than float32: measured on a 2-core AVX2 EPYC,
-    the serving engine decoded 8 streams 2.6x faster in float32 (docs/benchmarks.md)."""
+    the serving engine decoded 8 streams 2.6x faster in float32 (docs/benchmarks.md).
+    CHATFORGE_BF16_SUPPORTED=0/1 overrides the detection (a host whose bf16 is slow in practice)."""
+    override = os.environ.get("CHATFORGE_BF16_SUPPORTED", "").strip()
+    if override in ("0", "1"):
+        return override == "1"
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     try:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ml.config import LoraSettings, QuantSettings
-from ml.models import load_causal_lm
+from ml.models import bf16_is_native, load_causal_lm
 from ml.train.checkpoints import publish, write_metadata
 
 
@@ -174,16 +174,6 @@ def save_trained(
 
 
 def bf16_supported() -> bool:
-    """True where bfloat16 autocast is fast: CUDA compute capability >= 8, or a CPU with AVX-512 BF16/AMX.
-
-    CHATFORGE_BF16_SUPPORTED=0/1 overrides the detection (a host whose bf16 is slow in practice)."""
-    override = os.environ.get("CHATFORGE_BF16_SUPPORTED", "").strip()
-    if override in ("0", "1"):
-        return override == "1"
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    """True where bfloat16 autocast is fast: CUDA compute capability >= 8, or a CPU with AVX-512 BF16/AMX
+    (ml.models.bf16_is_native). CHATFORGE_BF16_SUPPORTED=0/1 overrides the detection."""
+    return bf16_is_native("cuda" if torch.cuda.is_available() else "cpu")
