@@ -1,10 +1,12 @@
 """Training hyperparameters: the single definition, with a docstring per field and checks on construction.
 
-Owns the frozen dataclasses (LoraSettings, QuantSettings, DeepSpeedSettings, SupervisedConfig), the field
-rules every config module describes its fields with (integer, number, choice, flag, optional, nested),
-their dict form (from_dict/to_dict, naming bad params by dotted path) and `resolve_auto`, which turns
-OpenAI-style "auto" values into numbers from the dataset size. It does not look at hardware or files;
-the API builds its request schemas from these classes and the worker passes them to the recipes.
+Owns the frozen dataclasses (LoraSettings, QuantSettings, DeepSpeedSettings, TrainerSettings shared with
+ml.rl.config, SupervisedConfig), the field rules every config module describes its fields with (integer,
+number, choice, flag, optional, names, nested: each checks a value and yields its JSON Schema), the
+schema of a whole class (`json_schema`, which the API publishes and the console's form is drawn from),
+the method table (`MethodSpec`, filled by config classes declared with `method=`), their dict form
+(from_dict/to_dict, naming bad params by dotted path) and `resolve_auto`, which turns OpenAI-style "auto"
+values into numbers from the dataset size. It does not look at hardware or files.
 """
 
 from __future__ import annotations
