@@ -297,7 +297,9 @@ def test_postgres_restarted_mid_job(scaleout, client, train_file):
 def test_redis_restarted_empty_while_jobs_queued_and_running(scaleout, client, train_file):
     import redis
 
-    steps = {"a": 12, "b": 12, "c": 6}  # long enough that a and b both still train when Redis dies
+    # long enough that a and b both still train when Redis dies, on a slow CPU too (where b's training child
+    # can start several of a's steps later)
+    steps = {"a": 30, "b": 30, "c": 6}
     jobs = {name: client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id,
                                                  method=method(n, 4)) for name, n in steps.items()}
     # two workers, one job each: a and b run (in that order of wake-ups), c waits in Redis for a free worker.
