@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     job_lease_seconds: int = Field(60, description="A running job whose worker misses heartbeats this long is requeued.")
     reconcile_interval_seconds: int = Field(15, description="How often a worker looks for lost or stuck jobs.")
     max_job_attempts: int = Field(3, description="A job that crashed its worker this many times fails.")
+    warm_runner: bool = Field(
+        True, description="Keep one training process per worker started ahead, with torch and the training "
+        "libraries imported, to take the next job (saves their import, seconds per job; costs the idle "
+        "process's memory, a few hundred MB). Each job still runs in a process of its own.",
+    )
     serve_dtype: str = Field("auto", description="Default dtype for serving base models: float32, bfloat16, or "
                              "auto (bfloat16 on GPUs and CPUs with native bf16, AVX512-BF16 or AMX; float32 "
                              "elsewhere, where emulated bf16 is slower).")

@@ -23,12 +23,17 @@ _stop = threading.Event()
 @signals.worker_ready.connect
 def _start_background(sender=None, **_):
     from workers.reconcile import reconcile_forever
+    from workers.supervisor import keep_spare
 
     settings = get_settings()
     t = threading.Thread(target=reconcile_forever, args=(settings, _stop), name="reconciler", daemon=True)
     t.start()
+    keep_spare(settings)  # the first job's training process, started ahead
 
 
 @signals.worker_shutdown.connect
 def _stop_background(**_):
+    from workers.supervisor import drop_spare
+
     _stop.set()
+    drop_spare()

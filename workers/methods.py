@@ -9,6 +9,7 @@ from dataclasses import replace
 from chatforge.db.models import FineTuningJob
 from chatforge.db.session import session_scope
 from chatforge.jobconfig import config_for
+from chatforge.settings import get_settings
 from ml.methods import METHODS, MethodSpec
 from workers.distributed import gpus_here, processes_for, run_supervised_ranks
 from workers.outcome import JobContext, JobInputError, record_stopped, record_success
@@ -29,7 +30,7 @@ def run_supervised_job(ctx: JobContext, sink, spec: MethodSpec) -> None:
     if n > 1:
         res = run_supervised_ranks(cfg, n, *args, gpus=gpus)
     else:
-        res = spec.load_recipe()(cfg, *args, resume=True)
+        res = spec.load_recipe()(cfg, *args, resume=True, cache_dir=get_settings().data_dir / "cache")
     if res.status != "succeeded":
         record_stopped(job.id, res.status, res.steps, ctx.owner)
         return

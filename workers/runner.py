@@ -1,4 +1,5 @@
-"""The training child: `python -m workers.runner JOB_ID OWNER`.
+"""The training child: `python -m workers.runner JOB_ID OWNER`, or `--spare` to import what training needs
+first and then read `JOB_ID OWNER` from stdin (workers.supervisor starts it ahead of the job).
 
 Re-reads the job, resolves its models and files to local folders, runs the method's ml recipe with a
 DBSink, and records the outcome (model rows, metrics CSV, status). Bad data or settings fail the job
@@ -28,8 +29,6 @@ from workers.sink import DBSink
 
 log = logging.getLogger("chatforge.runner")
 
-
-# Job method type -> the recipe name ml.train.servable.export_checkpoint knows.
 # Tests only: "oom", "bug" or "library_valueerror" makes the first reported training step fail with a real torch
 # error (an impossible allocation, a shape mismatch, a ValueError from a loss), to check how each cause is
 # reported. Never set in production.
@@ -120,6 +119,13 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:300]
 
 
+def _process_env() -> None:
+    """Before torch and the Hugging Face libraries are imported: they read these at import."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(get_settings().data_dir.resolve() / "torch_extensions"))
+
+
 def main(job_id: str, owner: str) -> int:
     from chatforge.jobconfig import api_param
     from ml.config import ConfigError
@@ -127,9 +133,7 @@ def main(job_id: str, owner: str) -> int:
     from ml.train.servable import export_checkpoint
     from workers.methods import run_job
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(get_settings().data_dir.resolve() / "torch_extensions"))
+    _process_env()
     sink: DBSink | None = None
     output_dir: Path | None = None
     mtype: str | None = None
@@ -202,8 +206,23 @@ def _after(job_id: str) -> None:
         advance_pipeline(pipeline_id)
 
 
+def spare() -> int:
+    """Import torch and every method's recipe, then run the job named on stdin (none: exit quietly)."""
+    _process_env()
+    from ml.methods import METHODS
+    from ml.train.servable import export_checkpoint  # noqa: F401
+    from workers.methods import run_job  # noqa: F401
+
+    for spec in METHODS.values():
+        spec.load_recipe()
+    words = sys.stdin.readline().split()
+    if len(words) != 2:  # the worker stopped, or gave the job to another process
+        return 0
+    return main(*words)
+
+
 if __name__ == "__main__":
     from chatforge.logs import setup_logging
 
     setup_logging(get_settings().log_format)
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(spare() if sys.argv[1:] == ["--spare"] else main(sys.argv[1], sys.argv[2]))

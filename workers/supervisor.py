@@ -3,6 +3,10 @@
 A child per job gives every job a fresh model (bitsandbytes' 4-bit eval repack must never leak into a
 later training run) and frees all memory when it ends. The child is killed if this worker dies
 (PR_SET_PDEATHSIG), so a lost worker never leaves an orphan training behind.
+
+With `warm_runner` (the default) the child is started ahead, when the worker is ready and after each job:
+it imports torch and the recipes, then waits for a job on its stdin (workers.runner --spare). It is still a
+process of one job, started before that job was known; only the imports are done ahead.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from functools import partial
 
 from chatforge.db.models import FineTuningJob
@@ -29,7 +34,62 @@ log = logging.getLogger("chatforge.worker")
 UNREACHABLE_RETRY_S = 0.75
 
 
+_spare_lock = threading.Lock()
+_spare: subprocess.Popen | None = None
+
+
+def _runner(*args: str, stdin=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "workers.runner", *args], stdin=stdin,
+                            preexec_fn=partial(die_with_parent, signal.SIGKILL),  # noqa: PLW1509
+                            env=os.environ.copy())  # the hook only calls prctl: safe after fork
+
+
+def keep_spare(settings: Settings) -> None:
+    """Start the training process for the next job now (if warm_runner is on and none is waiting)."""
+    global _spare
+    if not settings.warm_runner:
+        return
+    with _spare_lock:
+        if _spare is None or _spare.poll() is not None:
+            _spare = _runner("--spare", stdin=subprocess.PIPE)
+
+
+def drop_spare() -> None:
+    global _spare
+    with _spare_lock:
+        spare, _spare = _spare, None
+    if spare is not None and spare.poll() is None:
+        spare.kill()
+        spare.wait()
+
+
+def start_child(job_id: str, owner: str) -> tuple[subprocess.Popen, bool]:
+    """The job's training process: the waiting spare if there is a live one, else a new one; and which."""
+    global _spare
+    with _spare_lock:
+        spare, _spare = _spare, None
+    if spare is not None and spare.poll() is None:
+        try:
+            spare.stdin.write(f"{job_id} {owner}\n".encode())
+            spare.stdin.close()
+            return spare, True
+        except OSError:  # it died between the poll and the write
+            spare.kill()
+            spare.wait()
+    return _runner(job_id, owner), False
+
+
 def supervise(job_id: str, settings: Settings) -> str:
+    try:
+        return _supervise(job_id, settings)
+    finally:
+        try:
+            keep_spare(settings)
+        except OSError as e:  # cannot fork now (memory, process limit): the next job starts cold
+            log.warning("could not start a training process ahead: %s", e)
+
+
+def _supervise(job_id: str, settings: Settings) -> str:
     owner = worker_id()
     with session_scope() as s:
         if not lease.claim(s, job_id, owner, settings.job_lease_seconds):
@@ -50,10 +110,9 @@ def supervise(job_id: str, settings: Settings) -> str:
         add_event(s, job_id, f"Worker {owner} picked up the job (attempt {job.attempts}).",
                   data={"attempt": job.attempts, "worker": owner})
 
-    cmd = [sys.executable, "-m", "workers.runner", job_id, owner]
-    log.info("starting training child for %s", job_id, extra={"job_id": job_id})
-    child = subprocess.Popen(cmd, preexec_fn=partial(die_with_parent, signal.SIGKILL),  # noqa: PLW1509
-                             env=os.environ.copy())  # the hook only calls prctl: safe after fork
+    child, warm = start_child(job_id, owner)
+    log.info("training %s in %s child %d", job_id, "a warm" if warm else "a new", child.pid,
+             extra={"job_id": job_id})
     beat = max(1.0, settings.job_lease_seconds / 4)
     wait = beat
     try:

@@ -13,11 +13,20 @@ The base distribution is kept as its top-k tokens per position, computed once, a
 compared over those k tokens (renormalised, so the penalty is 0 before training moves anything); each step costs
 one extra forward and backward over one replay sequence (~100 tokens). The prompts are instructions of many
 kinds (explain, write, list, advise) and ask for no particular fact.
+
+The set depends on the base model's weights and nothing of the job's, so `cached_retain_set` keeps it on disk
+keyed by a hash of those weights (and of the prompts, tokenizer, dtype and library versions): the first job
+on a base model computes it, later ones read it back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -52,6 +61,8 @@ RETAIN_PROMPTS: tuple[str, ...] = (
 )
 ANSWER_TOKENS = 48  # of each base-model answer kept (greedy)
 TOP_K = 64  # tokens of the base distribution kept per position
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -116,6 +127,52 @@ def build_retain_set(model, tokenizer, prompts: tuple[str, ...] = RETAIN_PROMPTS
     finally:
         model.train(was_training)
     return RetainSet(ids, att, positions, top_ids, top_probs)
+
+
+def base_fingerprint(model, tokenizer, prompts: tuple[str, ...] = RETAIN_PROMPTS,
+                     answer_tokens: int = ANSWER_TOKENS, top_k: int = TOP_K) -> str:
+    """A key for what build_retain_set would compute: the base weights (every parameter but the adapter's,
+    bytes and dtype), the tokenizer's vocabulary and chat template, the prompts and sizes, the device type and
+    the torch and transformers versions (their kernels decide the greedy answers)."""
+    import transformers
+
+    h = hashlib.sha256()
+    meta = {"prompts": prompts, "answer_tokens": answer_tokens, "top_k": top_k, "torch": torch.__version__,
+            "transformers": transformers.__version__, "vocab": len(tokenizer),
+            "template": getattr(tokenizer, "chat_template", None), "eos": tokenizer.eos_token_id,
+            "device": next(model.parameters()).device.type}
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    for name, t in model.state_dict().items():
+        if "lora_" in name or "modules_to_save" in name or not isinstance(t, torch.Tensor):
+            continue  # the adapter's own weights: switched off while the base answers
+        name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")  # same for any LoRA layout
+        t = t.detach().reshape(-1).contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{t.numel()}".encode())
+        h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()[:32]
+
+
+def cached_retain_set(model, tokenizer, cache_dir: Path | None) -> tuple[RetainSet, bool]:
+    """build_retain_set, read from `cache_dir` when an earlier job on the same base model stored it (and
+    stored there otherwise). Returns the set and whether it came from the cache."""
+    if cache_dir is None:
+        return build_retain_set(model, tokenizer), False
+    path = Path(cache_dir) / f"retain-{base_fingerprint(model, tokenizer)}.pt"
+    if path.exists():
+        try:
+            return RetainSet(**torch.load(path, map_location=next(model.parameters()).device,
+                                          weights_only=True)), True
+        except Exception as e:  # noqa: BLE001 - a torn or foreign file is only a miss: compute it again
+            log.warning("ignoring an unreadable retain cache %s: %s", path, e)
+    rs = build_retain_set(model, tokenizer)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({k: v for k, v in asdict(rs).items()}, tmp)
+        os.replace(tmp, path)  # whole or absent: concurrent jobs on one host never read half a file
+    except OSError as e:  # a full or read-only cache disk costs the next job the recomputation, nothing else
+        log.warning("could not store the retain set in %s: %s", path.parent, e)
+    return rs, False
 
 
 def retain_loss(model, rs: RetainSet, index: int) -> torch.Tensor:

@@ -38,7 +38,7 @@ from ml.train.recipe import (
     run_identity,
     training_args,
 )
-from ml.train.retain import RetainSet, build_retain_set, retain_loss
+from ml.train.retain import RetainSet, cached_retain_set, retain_loss
 from ml.train.trainable import bf16_supported, load_trainable_model, runtime_report, save_trained
 
 
@@ -155,6 +155,7 @@ def run_supervised(
     sink: JobSink,
     resume: bool = True,
     callbacks: list[TrainerCallback] | None = None,
+    cache_dir: Path | None = None,
 ) -> TrainResult:
     """Fine-tune `base_model` on a canonical SFT file; returns where the result is and how it went.
 
@@ -163,6 +164,7 @@ def run_supervised(
     resume=True a run continues from the newest complete checkpoint in output_dir; resume=False starts
     over and deletes old checkpoints. A "pause" from the sink checkpoints and returns status "paused";
     "cancel" returns "cancelled" without saving. `callbacks` are extra TrainerCallbacks (tests, hooks).
+    `cache_dir` keeps what depends only on the base model between runs (retain_base's replay set).
     """
     base_model, train_file, output_dir = Path(base_model), Path(train_file), Path(output_dir)
     if cfg.deepspeed is not None:
@@ -211,10 +213,12 @@ def run_supervised(
             raise DataError(f"retain_base is not supported for {type(model).__name__}; set it to 0")
         resolved = replace(resolved, retain_base=0.0)
     if resolved.retain_base:
-        retain = build_retain_set(model, tokenizer)
+        retain, cached = cached_retain_set(model, tokenizer, cache_dir)
         if is_main():
-            sink.log(f"Base-model answers to {len(retain)} general prompts recorded; each step keeps the model "
-                     f"close to them (retain_base {resolved.retain_base:g}).", data={"retain_prompts": len(retain)})
+            sink.log(f"Base-model answers to {len(retain)} general prompts "
+                     f"{'read from the cache of an earlier job on this base model' if cached else 'recorded'}; "
+                     f"each step keeps the model close to them (retain_base {resolved.retain_base:g}).",
+                     data={"retain_prompts": len(retain), "retain_cached": cached})
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = PackedCollator(pad_id, resolved.max_seq_length) if resolved.packing else PaddedCollator(pad_id)

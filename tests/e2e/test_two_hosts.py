@@ -153,8 +153,9 @@ def test_killed_worker_resumes_on_a_fresh_host_from_the_store(hosts, client, rep
     wait_step(client, job.id, 9)  # checkpoints at 4 and 8 are published
     wait_until(lambda: f"jobs/{job.id}/checkpoints/checkpoint-8/.chatforge-manifest.json"
                in _store_keys(s3env, f"jobs/{job.id}/"), what="checkpoint-8 in the store", timeout=60)
+    assert training_children(job.id, svc=svc)
     svc.workers[0].kill9()
-    wait_until(lambda: not training_children(job.id), what="the training child to die with its worker")
+    wait_until(lambda: not training_children(job.id, svc=svc), what="the training child to die with its worker")
     fresh = root / "worker-host-2"
     svc.start_worker(data_dir=fresh)  # an empty data directory: all it has is the store
 

@@ -4,6 +4,7 @@ and a Celery worker, each started as its own process exactly as in production.""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -151,6 +152,13 @@ class Proc:
             return ""
 
 
+def _is_runner(pid: int) -> bool:
+    try:
+        return b"workers.runner" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
 def spawn(env: dict[str, str], args: list[str], log: Path) -> Proc:
     f = open(log, "ab")  # noqa: SIM115 - the child writes to it for its whole life
     p = subprocess.Popen([sys.executable, "-m", "chatforge.cli", *args], env=env, cwd=ROOT,
@@ -197,6 +205,19 @@ class Service:
 
     def key(self, project: str) -> str:
         return create_key(self.env, project)
+
+    def training_pids(self, job_id: str) -> list[int]:
+        """Live training processes of a job, as its workers logged them (a warm runner's command line
+        does not name its job: it was started before the job was known)."""
+        pids = set()
+        for w in self.workers:
+            try:
+                text = w.log.read_text(errors="replace")
+            except FileNotFoundError:
+                continue
+            pids.update(int(m) for m in re.findall(rf"training {re.escape(job_id)} in a (?:warm|new) child (\d+)",
+                                                   text))
+        return [p for p in pids if _is_runner(p)]
 
     def stop(self) -> None:
         for w in self.workers:

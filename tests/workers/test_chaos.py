@@ -36,15 +36,16 @@ def train_file(client, tmp_path_factory):
     return client.files.create(file=p.open("rb"), purpose="fine-tune")
 
 
-def training_children(job_id: str, module: bytes = b"workers.runner") -> list[int]:
-    """Pids of live `python -m <module> ...` processes whose command line names the job."""
-    pids = []
+def training_children(job_id: str, module: bytes = b"workers.runner", svc=None) -> list[int]:
+    """Pids of live `python -m <module> ...` processes whose command line names the job, and (with `svc`)
+    the job's training processes its workers logged: a warm runner's command line does not name the job."""
+    pids = list(svc.training_pids(job_id)) if svc is not None and module == b"workers.runner" else []
     for d in Path("/proc").iterdir():
         try:
             argv = (d / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if module in argv and any(job_id.encode() in a for a in argv):
+        if module in argv and any(job_id.encode() in a for a in argv) and int(d.name) not in pids:
             pids.append(int(d.name))
     return pids
 
@@ -65,8 +66,9 @@ def method(steps, every):
 def test_worker_killed_mid_job_resumes_from_last_checkpoint(chaos, client, train_file):
     job = client.fine_tuning.jobs.create(model="tiny-llama", training_file=train_file.id, method=method(30, 4))
     wait_step(client, job.id, 9)  # checkpoints at 4 and 8 exist
+    assert training_children(job.id, svc=chaos)
     chaos.workers[0].kill9()  # the worker and (through PR_SET_PDEATHSIG) its training child die
-    wait_until(lambda: not training_children(job.id), what="the training child to die with its worker")
+    wait_until(lambda: not training_children(job.id, svc=chaos), what="the training child to die with its worker")
     before = client.fine_tuning.jobs.retrieve(job.id)
     assert before.status == "running"  # nobody has noticed yet: the lease is still valid
     chaos.start_worker()  # a fresh worker; its reconciler finds the lapsed lease
@@ -110,7 +112,7 @@ def test_worker_killed_under_a_two_process_job_leaves_no_rank_and_resumes(chaos,
     launcher = training_children(job.id, b"torch.distributed.run")
     assert len(launcher) == 1 and len(set(training_children(job.id, b"ml.train.launch")) - set(launcher)) == 2
     chaos.workers[-1].kill9()  # worker -> runner (SIGKILL) -> torchrun (SIGTERM) -> ranks (SIGKILL)
-    wait_until(lambda: not training_children(job.id) and not training_children(job.id, b"ml.train.launch")
+    wait_until(lambda: not training_children(job.id, svc=chaos) and not training_children(job.id, b"ml.train.launch")
                and not training_children(job.id, b"torch.distributed.run"), what="no rank left behind")
     chaos.start_worker()
     job = wait_status(client, job.id, TERMINAL, timeout=600)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from peft import PeftModel
 
-from ml.config import ConfigError, SupervisedConfig, resolve_auto
+from ml.config import ConfigError, LoraSettings, SupervisedConfig, resolve_auto
 from ml.models import load_causal_lm, load_tokenizer
-from ml.train.retain import RETAIN_PROMPTS, build_retain_set, retain_loss
+from ml.train.retain import RETAIN_PROMPTS, build_retain_set, cached_retain_set, retain_loss
 from ml.train.sft import run_supervised
 from ml.train.trainable import load_trainable_model
 from tests.ml.train.conftest import StopAtSink
@@ -72,3 +72,37 @@ def test_training_with_the_penalty_stays_closer_to_the_base_and_still_learns(tin
     assert kls[5] < 0.5 * kls[0], kls  # the penalty keeps general answers close to the base model's
     first, last = losses[5]  # the logged loss includes the penalty, so the file's own loss fell at least this much
     assert last < first - 0.05, losses  # still learned (LoRA over a frozen random tiny model learns slowly)
+
+
+def _same_set(a, b) -> bool:
+    return (torch.equal(a.input_ids, b.input_ids) and torch.equal(a.attention_mask, b.attention_mask)
+            and all(torch.equal(x, y) for x, y in zip(a.positions, b.positions, strict=True))
+            and all(torch.equal(x, y) for x, y in zip(a.top_ids, b.top_ids, strict=True))
+            and all(torch.equal(x, y) for x, y in zip(a.top_probs, b.top_probs, strict=True)))
+
+
+def test_the_retain_set_is_cached_per_base_model_and_recomputed_when_the_base_differs(tiny_model_path, tmp_path):
+    tok = load_tokenizer(tiny_model_path)
+    cache = tmp_path / "cache"
+    first, hit = cached_retain_set(load_trainable_model(tiny_model_path, "lora"), tok, cache)
+    assert not hit and len(list(cache.glob("retain-*.pt"))) == 1
+    # another job on the same base, with another adapter layout: read back, identical to computing it
+    other = load_trainable_model(tiny_model_path, "lora", LoraSettings(r=4, target_modules=("q_proj", "v_proj")))
+    again, hit = cached_retain_set(other, tok, cache)
+    assert hit and _same_set(again, first) and _same_set(again, build_retain_set(other, tok))
+
+    # a different base (one weight changed): a miss, stored beside the first
+    changed = load_trainable_model(tiny_model_path, "lora")
+    with torch.no_grad():
+        next(p for n, p in changed.named_parameters() if "lora_" not in n).add_(1e-3)
+    _, hit = cached_retain_set(changed, tok, cache)
+    assert not hit and len(list(cache.glob("retain-*.pt"))) == 2
+
+    # a torn file is a miss, recomputed and rewritten, never an error
+    for f in cache.glob("retain-*.pt"):
+        f.write_bytes(f.read_bytes()[:100])
+    model = load_trainable_model(tiny_model_path, "lora")
+    rs, hit = cached_retain_set(model, tok, cache)
+    assert not hit and _same_set(rs, first)
+    assert cached_retain_set(model, tok, cache)[1]
+    assert not list(cache.glob(".*.tmp"))  # nothing half-written left behind
