@@ -8,7 +8,7 @@ official `openai` SDK, record time to first token and the gaps between tokens. A
 Retry-After checked and honoured. Meanwhile a probe times `/v1/models` and `/v1/fine_tuning/jobs` every
 0.5 s, and the API process's resident memory is sampled every 5 s.
 
-Reports: requests, 2xx/429/5xx counts, TTFT and inter-token latency p50/p99, aggregate tokens/s, the
+Reports: requests, 2xx/429/5xx counts, connection errors (each with what it said), TTFT and inter-token latency p50/p99, aggregate tokens/s, the
 non-chat routes' p50/p99, and resident memory at minute 1 vs the end (growth must stay under 5%), also
 with the engines' bounded caches (key/value cache, prefix cache; from /metrics) taken out, which is what a
 leak would show in.
@@ -102,7 +102,9 @@ def train_adapters(client: openai.OpenAI, k: int, folder: Path) -> list[str]:
 async def run_load(base_url: str, key: str, models: list[str], clients: int, duration: float, max_tokens: int,
                    api_pid: int) -> dict:
     client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=600)
-    stats = {"ok": 0, "429": 0, "429_without_retry_after": 0, "5xx": 0, "other": 0, "tokens": 0}
+    stats = {"ok": 0, "429": 0, "429_without_retry_after": 0, "5xx": 0, "connection_errors": 0, "other": 0,
+             "tokens": 0}
+    errors: list[str] = []  # what each 5xx, connection error or other failure said
     ttft, itl, probes, rss = [], [], {"/models": [], "/fine_tuning/jobs": []}, []
     t0 = time.monotonic()
     end = t0 + duration
@@ -135,8 +137,10 @@ async def run_load(base_url: str, key: str, models: list[str], clients: int, dur
                 await asyncio.sleep(float(after or 1))
             except openai.APIStatusError as e:
                 stats["5xx" if e.status_code >= 500 else "other"] += 1
-            except (openai.APIConnectionError, openai.APITimeoutError):
-                stats["5xx"] += 1
+                errors.append(f"{e.status_code}: {e.message}"[:300])
+            except (openai.APIConnectionError, openai.APITimeoutError) as e:
+                stats["connection_errors"] += 1
+                errors.append(f"{type(e).__name__}: {e!r} (cause: {e.__cause__!r})"[:300])
 
     async def probe() -> None:
         async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}) as h:
@@ -147,6 +151,7 @@ async def run_load(base_url: str, key: str, models: list[str], clients: int, dur
                     times.append(time.monotonic() - s)
                     if r.status_code >= 500:
                         stats["5xx"] += 1
+                        errors.append(f"{path} {r.status_code}: {r.text}"[:300])
                 await asyncio.sleep(0.5)
 
     async def memory() -> None:
@@ -166,7 +171,7 @@ async def run_load(base_url: str, key: str, models: list[str], clients: int, dur
             **{f"{p}_p99_ms": 1000 * pct(v, 0.99) for p, v in probes.items()},
             "rss_minute_1_mb": at_1, "rss_end_mb": final, "rss_growth": final / at_1 - 1,
             "caches_minute_1_mb": caches_1, "caches_end_mb": caches_end,
-            "rss_less_caches_growth": (final - caches_end) / (at_1 - caches_1) - 1}
+            "rss_less_caches_growth": (final - caches_end) / (at_1 - caches_1) - 1, "errors": errors[:20]}
 
 
 def main() -> None:
@@ -204,12 +209,12 @@ def main() -> None:
         finally:
             svc.stop()
     print(json.dumps(r, indent=1))
-    print(f"\n| clients | duration | adapters | requests ok | 429 (no Retry-After) | 5xx | tokens/s "
+    print(f"\n| clients | duration | adapters | requests ok | 429 (no Retry-After) | 5xx | connection errors | tokens/s "
           f"| TTFT p50 / p99 | ITL p50 / p99 | /v1/models p99 | /v1/fine_tuning/jobs p99 | RSS min 1 → end "
           f"| RSS less the engine caches |\n"
-          f"|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+          f"|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
           f"| {a.clients} | {r['wall_s']:.0f} s | {a.adapters} + base | {r['ok']} | {r['429']} "
-          f"({r['429_without_retry_after']}) | {r['5xx']} | {r['tokens_per_s']:.1f} "
+          f"({r['429_without_retry_after']}) | {r['5xx']} | {r['connection_errors']} | {r['tokens_per_s']:.1f} "
           f"| {r['ttft_p50']:.2f} / {r['ttft_p99']:.2f} s | {1000 * r['itl_p50']:.0f} / {1000 * r['itl_p99']:.0f} ms "
           f"| {r['/models_p99_ms']:.0f} ms | {r['/fine_tuning/jobs_p99_ms']:.0f} ms "
           f"| {r['rss_minute_1_mb']:.0f} → {r['rss_end_mb']:.0f} MB ({100 * r['rss_growth']:+.1f}%) "

@@ -355,7 +355,8 @@ def serve(
     print(f"API on http://{host}:{port}/v1 (console at http://{host}:{port}/)", flush=True)
     try:
         # limits against hostile clients (docs/api.md, "Operations"): head size and time, connections, keep-alive
-        serve_http(host, port, head_timeout=settings.http_header_timeout_seconds)
+        serve_http(host, port, head_timeout=settings.http_header_timeout_seconds,
+                   keep_alive=settings.http_keep_alive_seconds)
     except KeyboardInterrupt:
         pass
     finally:

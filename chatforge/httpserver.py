@@ -17,7 +17,6 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 MAX_HEAD_BYTES = 32 * 1024
 MAX_CONNECTIONS = 1000
-KEEP_ALIVE_SECONDS = 5
 
 _HEAD_END = re.compile(rb"\n\r?\n")  # the blank line that ends a head (h11 also takes bare LFs)
 
@@ -118,11 +117,12 @@ def protocol_class(head_timeout: float) -> type[HeadLimitsH11Protocol]:
     return type("HeadLimitsH11Protocol", (HeadLimitsH11Protocol,), {"head_timeout": float(head_timeout)})
 
 
-def serve(host: str, port: int, head_timeout: float) -> None:
-    """Run the API (api.main:create_app) until interrupted."""
+def serve(host: str, port: int, head_timeout: float, keep_alive: int) -> None:
+    """Run the API (api.main:create_app) until interrupted; idle keep-alive connections close after
+    `keep_alive` seconds (settings.http_keep_alive_seconds: longer than clients pool them)."""
     import uvicorn
 
     uvicorn.run("api.main:create_app", factory=True, host=host, port=port, log_config=None,
                 timeout_graceful_shutdown=5, http=protocol_class(head_timeout),
                 h11_max_incomplete_event_size=MAX_HEAD_BYTES, limit_concurrency=MAX_CONNECTIONS,
-                timeout_keep_alive=KEEP_ALIVE_SECONDS)
+                timeout_keep_alive=keep_alive)

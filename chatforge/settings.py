@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         "many seconds of opening the connection, or of the first byte of a later request on it; otherwise the "
         "connection is answered 408 and closed (slow clients holding connections). 0 turns the limit off.",
     )
+    http_keep_alive_seconds: int = Field(
+        75, ge=1, description="An idle keep-alive connection is closed after this many seconds. Longer than "
+        "HTTP clients keep idle connections pooled (httpx and the openai SDK 5 s, aiohttp 15 s, nginx "
+        "upstreams 60 s): with the two equal, a client reusing a connection just as the server closes it "
+        "gets a connection error.",
+    )
     log_format: str = Field("json", description='"json" for structured logs, "text" for humans.')
     sync_validation_max_bytes: int = Field(
         16 * 1024 * 1024,

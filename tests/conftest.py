@@ -35,6 +35,9 @@ def redis_url():
         yield url
 
 
+# The session service closes idle connections sooner than the default 75 s (tests wait for it), still
+# longer than httpx keeps them pooled (5 s).
+IDLE_CLOSE_S = 8
 FAST_JOBS = {"CHATFORGE_JOB_LEASE_SECONDS": "8", "CHATFORGE_RECONCILE_INTERVAL_SECONDS": "2",
              "CHATFORGE_FILE_VALIDATION_LEASE_SECONDS": "10",
              # DeepSpeed JIT-compiles its CPU ops once (30-40 s); keep them between test runs
@@ -46,7 +49,8 @@ def service(tmp_path_factory, pg_url, redis_url, tiny_model_path, smollm2_path):
     """Scale-out mode: PostgreSQL + Redis + an API server process + a Celery worker process."""
     svc = start_service(tmp_path_factory.mktemp("svc"), pg_url, redis_url, workers=1,
                         models={"tiny-llama": tiny_model_path, "smollm2-135m-instruct": smollm2_path},
-                        CHATFORGE_IMPORT_DIRS=str(tmp_path_factory.getbasetemp()), **FAST_JOBS)
+                        CHATFORGE_IMPORT_DIRS=str(tmp_path_factory.getbasetemp()),
+                        CHATFORGE_HTTP_KEEP_ALIVE_SECONDS=str(IDLE_CLOSE_S), **FAST_JOBS)
     try:
         yield svc
     finally:

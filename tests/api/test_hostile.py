@@ -12,6 +12,8 @@ import uuid
 import httpx2 as httpx
 import pytest
 
+from chatforge.settings import Settings
+from tests.conftest import IDLE_CLOSE_S
 from tests.support.data import preference_rows, prompt_rows, sft_rows, write_jsonl
 
 CHAT = [{"role": "user", "content": "hi"}]
@@ -207,6 +209,13 @@ def test_huge_headers_are_refused(service):
     _healthy(service)
 
 
+HTTPX_POOL_EXPIRY_S = httpx.Limits().keepalive_expiry
+
+
+def test_the_default_keep_alive_outlasts_client_connection_pools():
+    assert Settings().http_keep_alive_seconds > max(HTTPX_POOL_EXPIRY_S, 15, 60)  # httpx, aiohttp, nginx
+
+
 def test_slow_client_does_not_block_others_and_idle_connections_close(service):
     host, port = service.base_url.removeprefix("http://").split(":")
     slow = socket.create_connection((host, int(port)))
@@ -217,10 +226,20 @@ def test_slow_client_does_not_block_others_and_idle_connections_close(service):
             _healthy(service)
         idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         idle.settimeout(30)
+        first = b""
+        while b"}" not in first:  # the head and the JSON body, maybe in two reads
+            first += idle.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        # idle for longer than httpx and the openai SDK keep a pooled connection (5 s), still open: a client
+        # never reuses a connection the server is closing at that very moment
+        time.sleep(HTTPX_POOL_EXPIRY_S + 1)
+        idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         got = b""
+        start = time.monotonic()
         while chunk := idle.recv(65536):  # the response, then the keep-alive timeout closes it
             got += chunk
         assert got.startswith(b"HTTP/1.1 200")
+        assert time.monotonic() - start >= IDLE_CLOSE_S - 1
     finally:
         slow.close()
         idle.close()
