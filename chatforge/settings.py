@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     warm_runner: bool = Field(
         True, description="Keep one training process per worker started ahead, with torch and the training "
         "libraries imported, to take the next job (saves their import, seconds per job; costs the idle "
-        "process's memory, a few hundred MB). Each job still runs in a process of its own.",
+        "process's memory, about 600 MB). Each job still runs in a process of its own.",
     )
     serve_dtype: str = Field("auto", description="Default dtype for serving base models: float32, bfloat16, or "
                              "auto (bfloat16 on GPUs and CPUs with native bf16, AVX512-BF16 or AMX; float32 "
