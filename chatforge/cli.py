@@ -343,6 +343,8 @@ def serve(
     if not no_worker:
         worker = subprocess.Popen([sys.executable, "-m", "chatforge.cli", "worker"], env=os.environ.copy())
     setup_logging(settings.log_format)
+    # the API's engines only (the worker, started above, keeps the defaults its training runs were measured with)
+    malloc.bound_kernel_caches()
 
     def _stop_worker() -> None:
         if worker is not None and worker.poll() is None:

@@ -3,6 +3,7 @@ gives it back, which is what keeps the API's resident memory flat under sustaine
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -38,3 +39,15 @@ def test_trim_returns_freed_heap_memory_to_the_system():
     before, after, released, tuned = out.split()
     assert released == "True" and tuned == "True", out
     assert int(before) - int(after) >= 100, out  # of ~156 MiB written, nearly all of it back
+
+
+def test_the_primitive_caches_are_bounded_unless_the_environment_says_otherwise():
+    code = textwrap.dedent("""
+        import os
+        from chatforge import malloc
+        os.environ["LRU_CACHE_CAPACITY"] = "2048"  # an operator's own setting
+        print(malloc.bound_kernel_caches())
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == str({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256", "LRU_CACHE_CAPACITY": "2048"})
