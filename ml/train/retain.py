@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -168,7 +168,7 @@ def cached_retain_set(model, tokenizer, cache_dir: Path | None) -> tuple[RetainS
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({k: v for k, v in asdict(rs).items()}, tmp)
+        torch.save(vars(rs), tmp)  # the fields as they are (asdict would deep-copy every tensor)
         os.replace(tmp, path)  # whole or absent: concurrent jobs on one host never read half a file
     except OSError as e:  # a full or read-only cache disk costs the next job the recomputation, nothing else
         log.warning("could not store the retain set in %s: %s", path.parent, e)
