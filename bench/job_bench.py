@@ -3,9 +3,11 @@
 The job is measured as a user sees it: from `running` to `succeeded` (the training process starting, model
 load, the replay set of retain_base, training, saving and publishing the adapter), with every setting at
 its default except batch_size 8 and n_epochs 1 (the plain run's). Its real tokens are the job's
-trained_tokens. Jobs run on new services (empty data folders): one with the warm runner off (every job
-ran so before it), then one with the defaults, whose first job computes the retain_base replay set and
-whose later jobs read it from the worker's cache; each job starts `--gap` seconds after the last. The plain run is bench/train_bench.py's: Trainer + peft, bf16=True, padded to the longest
+trained_tokens. Jobs run on new services (empty data folders, the bench's model as the default base model): one
+with the warm runner off (every job ran so before it); one with the defaults whose first job is submitted as soon
+as the service answers (it computes the retain_base replay set itself: the worker's waiting process, preparing
+it, gives way); and one with the defaults whose first job comes `--first-gap` seconds after the service starts
+(the idle worker has prepared the set) and whose later jobs come `--gap` seconds apart. The plain run is bench/train_bench.py's: Trainer + peft, bf16=True, padded to the longest
 example per batch, its tokens/s over the training steps only (model load excluded), in this process on
 the same number of threads. Prints a markdown table; one run each.
 
@@ -37,21 +39,21 @@ from tests.support.models import smollm2_dir
 from tests.support.service import start_service
 
 
-def run_jobs(examples: int, folder: Path, jobs: int, gap: float, **env: str) -> list[dict]:
-    """`jobs` identical jobs one after another on one new service (empty data folder), `gap` seconds after
-    the service starts and apart (a worker that has been up a while has its training process ready)."""
+def run_jobs(examples: int, folder: Path, jobs: int, gap: float, first_gap: float, **env: str) -> list[dict]:
+    """`jobs` identical jobs one after another on one new service (empty data folder), the first `first_gap`
+    seconds after the service answers, the others `gap` seconds apart."""
     rows = [{"messages": [{"role": m.role, "content": m.content} for m in c.messages]}
             for c in alpaca_conversations(examples)]
     path = folder / "alpaca.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     svc = start_service(Path(tempfile.mkdtemp(dir=folder)), None, None, workers=1,
-                        models={"smollm2": smollm2_dir()}, **env)
+                        models={"smollm2": smollm2_dir()}, CHATFORGE_DEFAULT_BASE_MODEL="smollm2", **env)
     try:
         client = openai.OpenAI(base_url=svc.v1, api_key=svc.key("bench"), max_retries=0, timeout=600)
         f = client.files.create(file=path.open("rb"), purpose="fine-tune")
         out = []
-        for _ in range(jobs):
-            time.sleep(gap)
+        for i in range(jobs):
+            time.sleep(first_gap if i == 0 else gap)
             out.append(_one_job(client, f.id))
         return out
     finally:
@@ -103,7 +105,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=64)
     ap.add_argument("--jobs", type=int, default=2, help="jobs run one after another (the first cold)")
-    ap.add_argument("--gap", type=float, default=20, help="seconds before each job (the worker idle)")
+    ap.add_argument("--gap", type=float, default=20, help="seconds between jobs (the worker idle)")
+    ap.add_argument("--first-gap", type=float, default=45,
+                    help="seconds from the service's start to its first job (the idle worker prepares the replay set)")
     ap.add_argument("--no-fp32", action="store_true", help="skip the plain float32 Trainer run")
     ap.add_argument("--no-cold", action="store_true",
                     help="skip the job on a worker without the warm runner (how every job ran before it)")
@@ -118,8 +122,10 @@ def main() -> None:
         plain = run_plain(model, train, work, SimpleNamespace(batch=8, max_len=512, bf16=True))
         fp32 = None if args.no_fp32 else run_plain(model, train, work, SimpleNamespace(batch=8, max_len=512,
                                                                                         bf16=False))
-        cold = None if args.no_cold else run_jobs(args.examples, work, 1, args.gap, CHATFORGE_WARM_RUNNER="0")[0]
-        jobs = run_jobs(args.examples, work, args.jobs, args.gap)
+        cold = None if args.no_cold else run_jobs(args.examples, work, 1, args.gap, args.gap,
+                                                  CHATFORGE_WARM_RUNNER="0")[0]
+        at_once = run_jobs(args.examples, work, 1, 0, 0)[0]
+        jobs = run_jobs(args.examples, work, args.jobs, args.gap, args.first_gap)
     peak = matmul_ceiling(args.threads)
     params = 134_515_008  # SmolLM2-135M: every weight is a matmul operand (the output projection is tied)
     print(f"\nSmolLM2-135M-Instruct, {args.examples} Alpaca rows, batch 8, 1 epoch, {args.threads} threads; "
@@ -134,8 +140,9 @@ def main() -> None:
         print(f"| plain Trainer + peft, float32 | training steps | {fp32['tokens']} | {fp32['seconds']:.1f} "
               f"| {rate:.0f} | {rate / ref:.2f}x | {mfu(fp32['tokens'], fp32['seconds'], params, peak):.1%} |")
     named = ([("job, warm runner off, first on its base model", cold)] if cold else []) + [
-        ("first job on its base model" if i == 0 else f"job {i + 1} on the same base model", job)
-        for i, job in enumerate(jobs)]
+        ("first job on its base model, submitted as the service starts", at_once)] + [
+        (f"first job on its base model, {args.first_gap:g} s after the service starts" if i == 0
+         else f"job {i + 1} on the same base model", job) for i, job in enumerate(jobs)]
     for which, job in named:
         rate = job["tokens"] / job["seconds"]
         print(f"| ChatForge {which} | running -> succeeded | {job['tokens']} | {job['seconds']:.1f} "

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
         "libraries imported, to take the next job (saves their import, seconds per job; costs the idle "
         "process's memory, about 600 MB). Each job still runs in a process of its own.",
     )
+    prepare_replay_set: bool = Field(
+        True, description="While a worker is idle, its warm training process computes the default base model's "
+        "retain_base replay set (its answers to 24 general prompts; about 15 s of CPU for a 135M model) so that the "
+        "first LoRA job on it reads them from the cache. It stops as soon as a job arrives. Needs warm_runner.",
+    )
     serve_dtype: str = Field("auto", description="Default dtype for serving base models: float32, bfloat16, or "
                              "auto (bfloat16 on GPUs and CPUs with native bf16, AVX512-BF16 or AMX; float32 "
                              "elsewhere, where emulated bf16 is slower).")

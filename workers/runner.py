@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import shutil
 import sys
 import traceback
@@ -206,6 +207,63 @@ def _after(job_id: str) -> None:
         advance_pipeline(pipeline_id)
 
 
+def _job_waiting() -> bool:
+    """The worker has written the job's line to stdin (or closed it: it stopped)."""
+    return bool(select.select([sys.stdin], [], [], 0)[0])
+
+
+# The replay set is prepared ahead only for base models whose stored folder is at most this fraction of the
+# host's available memory (float32 weights take 2-8 times the folder): never crowd out a job running beside it.
+PREPARE_MEMORY_FRACTION = 1 / 16
+
+
+def _available_memory() -> int:
+    """Bytes the kernel could hand out now without swapping (MemAvailable: free plus reclaimable cache)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _prepare_while_idle() -> None:
+    """While no job is waiting, compute the default base model's replay set (retain_base) so that the first
+    default LoRA job on it reads it from the cache instead of spending seconds on it. Gives way as soon as a job
+    arrives (between tokens); anything going wrong here only means the job computes the set itself."""
+    from chatforge.basemodels import model_dir
+    from chatforge.db.models import Model
+    from chatforge.malloc import trim
+    from ml.train.retain import prepare_retain_set
+
+    settings = get_settings()
+    name = settings.default_base_model
+    try:
+        if _job_waiting():
+            return
+        with session_scope() as s:
+            row = s.get(Model, name)
+            if row is None or row.kind != "base" or row.settings.get("quantization", "none") != "none":
+                return
+            folder = model_dir(get_storage(), row)
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        available = _available_memory()
+        if size > available * PREPARE_MEMORY_FRACTION:
+            log.info("not preparing the replay set of %s ahead: %d MB of weights against %d MB free", name,
+                     size >> 20, available >> 20)
+            return
+        if prepare_retain_set(folder, settings.data_dir / "cache", _job_waiting) is None:
+            log.info("a job arrived while preparing the replay set of %s; left to the job", name)
+    except Exception as e:  # noqa: BLE001 - an optimisation: the job computes the set itself
+        log.warning("could not prepare the replay set of %s ahead: %s", name, _first_line(e))
+    finally:
+        import gc
+
+        gc.collect()
+        trim()
+
+
 def spare() -> int:
     """Import torch and every method's recipe, then run the job named on stdin (none: exit quietly)."""
     _process_env()
@@ -215,6 +273,8 @@ def spare() -> int:
 
     for spec in METHODS.values():
         spec.load_recipe()
+    if get_settings().prepare_replay_set:
+        _prepare_while_idle()
     words = sys.stdin.readline().split()
     if len(words) != 2:  # the worker stopped, or gave the job to another process
         return 0

@@ -16,7 +16,8 @@ kinds (explain, write, list, advise) and ask for no particular fact.
 
 The set depends on the base model's weights and nothing of the job's, so `cached_retain_set` keeps it on disk
 keyed by a hash of those weights (and of the prompts, tokenizer, dtype and library versions): the first job
-on a base model computes it, later ones read it back.
+on a base model computes it, later ones read it back. `prepare_retain_set` computes it ahead of any job (a
+worker's idle training process does, for its default base model), giving up as soon as it is told to stop.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import hashlib
 import json
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,10 +89,28 @@ def _no_adapter(model):
     return disable()
 
 
+class Stopped(Exception):
+    """build_retain_set gave up because its `stop` said so."""
+
+
+class _StopWhen:
+    """A generate() stopping criterion: stop every row once `stop()` is true (checked once per token)."""
+
+    def __init__(self, stop: Callable[[], bool]):
+        self.stop = stop
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.stop(), dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def build_retain_set(model, tokenizer, prompts: tuple[str, ...] = RETAIN_PROMPTS,
-                     answer_tokens: int = ANSWER_TOKENS, top_k: int = TOP_K) -> RetainSet:
-    """Let the base model (adapter off) answer `prompts` greedily and record its next-token distributions."""
+                     answer_tokens: int = ANSWER_TOKENS, top_k: int = TOP_K,
+                     stop: Callable[[], bool] | None = None) -> RetainSet:
+    """Let the base model (adapter off) answer `prompts` greedily and record its next-token distributions.
+    `stop`, checked between tokens and rows, abandons the work: raises Stopped."""
+    from transformers import StoppingCriteriaList
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -101,7 +122,10 @@ def build_retain_set(model, tokenizer, prompts: tuple[str, ...] = RETAIN_PROMPTS
     try:
         with _no_adapter(model):
             out = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=answer_tokens, do_sample=False,
-                                 pad_token_id=pad, use_cache=True)
+                                 pad_token_id=pad, use_cache=True,
+                                 stopping_criteria=StoppingCriteriaList([_StopWhen(stop)]) if stop else None)
+            if stop and stop():
+                raise Stopped
             rows = []
             for i, p in enumerate(prompt_ids):
                 ans = out[i, width:].tolist()
@@ -115,6 +139,8 @@ def build_retain_set(model, tokenizer, prompts: tuple[str, ...] = RETAIN_PROMPTS
             positions, top_ids, top_probs = [], [], []
             lm = causal_lm(model)
             for i, (p, a) in enumerate(rows):  # one row at a time, projecting only the answer positions
+                if stop and stop():
+                    raise Stopped
                 ids[i, : len(p) + len(a)] = torch.tensor(p + a, device=device)
                 att[i, : len(p) + len(a)] = 1
                 pos = torch.arange(len(p) - 1, len(p) + len(a) - 1, device=device)
@@ -165,6 +191,65 @@ def cached_retain_set(model, tokenizer, cache_dir: Path | None) -> tuple[RetainS
         except Exception as e:  # noqa: BLE001 - a torn or foreign file is only a miss: compute it again
             log.warning("ignoring an unreadable retain cache %s: %s", path, e)
     rs = build_retain_set(model, tokenizer)
+    _store(rs, path)
+    return rs, False
+
+
+def _folder_key(base_model: Path) -> str:
+    """What identifies a base model folder's contents without reading them: names, sizes and times of its
+    files, with the library versions (a changed file or library means the stored set may be another's)."""
+    import transformers
+
+    files = sorted((str(f.relative_to(base_model)), f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in base_model.rglob("*") if f.is_file())
+    meta = [str(base_model.resolve()), files, torch.__version__, transformers.__version__]
+    return hashlib.sha256(json.dumps(meta).encode()).hexdigest()[:32]
+
+
+def prepare_retain_set(base_model: Path, cache_dir: Path, stop: Callable[[], bool]) -> bool | None:
+    """Compute and store the replay set a default LoRA job on `base_model` would compute, before any job asks.
+
+    Loads the model as that job does (float32 weights, a LoRA wrapper whose adapter is switched off), so the key
+    is the one the job will look up. A note in `cache_dir` maps the folder's files to that key, so a later call
+    finds the work done without loading the model. Returns True when it stored the set, False when it was
+    stored already, None when `stop()` turned true first (nothing is stored then)."""
+    from ml.models import load_tokenizer
+    from ml.train.trainable import load_trainable_model
+
+    base_model, cache_dir = Path(base_model), Path(cache_dir)
+    note = cache_dir / f"retain-folder-{_folder_key(base_model)}.txt"
+    try:
+        if (cache_dir / f"retain-{note.read_text().strip()}.pt").exists():
+            return False
+    except OSError:
+        pass
+    t = time.monotonic()
+    tokenizer = load_tokenizer(base_model)
+    model = load_trainable_model(base_model, "lora")
+    if stop():
+        return None
+    key = base_fingerprint(model, tokenizer)
+    path = cache_dir / f"retain-{key}.pt"
+    stored = not path.exists()
+    if stored:
+        try:
+            rs = build_retain_set(model, tokenizer, stop=stop)
+        except Stopped:
+            return None
+        _store(rs, path)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(note, key.encode())
+    log.info("replay set of %s %s in %.1f s", base_model, "prepared" if stored else "found", time.monotonic() - t)
+    return stored
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _store(rs: RetainSet, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -172,7 +257,6 @@ def cached_retain_set(model, tokenizer, cache_dir: Path | None) -> tuple[RetainS
         os.replace(tmp, path)  # whole or absent: concurrent jobs on one host never read half a file
     except OSError as e:  # a full or read-only cache disk costs the next job the recomputation, nothing else
         log.warning("could not store the retain set in %s: %s", path.parent, e)
-    return rs, False
 
 
 def retain_loss(model, rs: RetainSet, index: int) -> torch.Tensor:

@@ -215,8 +215,9 @@ def run_supervised(
     if resolved.retain_base:
         retain, cached = cached_retain_set(model, tokenizer, cache_dir)
         if is_main():
-            sink.log(f"Base-model answers to {len(retain)} general prompts "
-                     f"{'read from the cache of an earlier job on this base model' if cached else 'recorded'}; "
+            how = ("read from the cache (prepared while the worker was idle, or by an earlier job on this base model)"
+                   if cached else "recorded")
+            sink.log(f"Base-model answers to {len(retain)} general prompts {how}; "
                      f"each step keeps the model close to them (retain_base {resolved.retain_base:g}).",
                      data={"retain_prompts": len(retain), "retain_cached": cached})
 

@@ -111,7 +111,7 @@ def test_each_job_runs_in_a_process_started_ahead_and_the_next_reads_the_replay_
     assert following != spare
     second = run(svc, client, train_file)
     assert started_in(svc, second.id) == ("warm", following)
-    assert "read from the cache of an earlier job on this base model" in replay_event(client, second.id)
+    assert "read from the cache" in replay_event(client, second.id)
     cache = list((svc.data_dir / "cache").glob("retain-*.pt"))
     assert len(cache) == 1
 
@@ -132,3 +132,21 @@ def test_the_waiting_process_dies_with_its_worker_and_the_setting_turns_it_off(s
     job = run(svc, client, train_file)
     assert started_in(svc, job.id)[0] == "new"
     assert spares(svc.workers[-1].popen.pid) == []
+
+
+def test_an_idle_worker_prepares_the_default_base_models_replay_set_for_the_first_job(svc, client, train_file):
+    import shutil
+
+    svc.workers[-1].kill9()
+    shutil.rmtree(svc.data_dir / "cache", ignore_errors=True)  # no job has run on this base model yet
+    w = svc.start_worker(CHATFORGE_DEFAULT_BASE_MODEL="tiny-llama")
+    wait_until(lambda: "replay set of" in w.log.read_text(errors="replace"),
+               what="the waiting process to prepare the default base model's replay set", timeout=120)
+    assert re.search(r"replay set of \S+ prepared in", w.log.read_text(errors="replace"))
+    job = run(svc, client, train_file)  # the first job on it
+    assert started_in(svc, job.id)[0] == "warm"
+    assert "read from the cache" in replay_event(client, job.id)
+    # the next waiting process finds the work done (the folder's note) and prepares nothing more
+    one_spare(svc)
+    assert len(re.findall(r"replay set of \S+ prepared", w.log.read_text(errors="replace"))) == 1
+    assert len(list((svc.data_dir / "cache").glob("retain-*.pt"))) == 1

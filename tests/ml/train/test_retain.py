@@ -106,3 +106,37 @@ def test_the_retain_set_is_cached_per_base_model_and_recomputed_when_the_base_di
     assert not hit and _same_set(rs, first)
     assert cached_retain_set(model, tok, cache)[1]
     assert not list(cache.glob(".*.tmp"))  # nothing half-written left behind
+
+
+def test_the_replay_set_is_prepared_ahead_as_a_job_will_look_it_up_and_gives_way_when_told(
+        tiny_model_path, tmp_path, monkeypatch):
+    import shutil
+
+    import ml.train.trainable
+    from ml.train.retain import prepare_retain_set
+
+    base = shutil.copytree(tiny_model_path, tmp_path / "base")
+    cache = tmp_path / "cache"
+    calls = []
+
+    def stop_after(n):
+        def stop():
+            calls.append(1)
+            return len(calls) > n
+        return stop
+
+    # told to stop midway (here after a few tokens of the answers): gives up, stores nothing
+    assert prepare_retain_set(base, cache, stop_after(3)) is None
+    assert not list(cache.glob("retain-*.pt"))
+    # left alone: stores exactly what a default LoRA job then finds under its own key
+    assert prepare_retain_set(base, cache, lambda: False) is True
+    rs, hit = cached_retain_set(load_trainable_model(tiny_model_path, "lora"), load_tokenizer(tiny_model_path), cache)
+    assert hit and _same_set(rs, build_retain_set(load_trainable_model(tiny_model_path, "lora"),
+                                                  load_tokenizer(tiny_model_path)))
+    # asked again: its note says it is done, so it does not even load the model
+    monkeypatch.setattr(ml.train.trainable, "load_trainable_model", lambda *a, **k: pytest.fail("loaded again"))
+    assert prepare_retain_set(base, cache, lambda: False) is False
+    # a changed model folder is another model: its note no longer applies
+    (base / "extra.txt").write_text("changed")
+    with pytest.raises(pytest.fail.Exception, match="loaded again"):
+        prepare_retain_set(base, cache, lambda: False)
