@@ -8,7 +8,9 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors, metrics
 from api.routes import health, models
@@ -24,6 +26,39 @@ async def _trim_memory(every: float) -> None:
     while True:
         await asyncio.sleep(every)
         await asyncio.to_thread(malloc.trim)
+
+
+class Observe:
+    """Counts and times every request (to the start of its response), tags it with an x-request-id (the
+    caller's, or a new one) and logs it. Plain ASGI: a streamed response's chunks go straight to the client
+    (an @app.middleware("http") function relays each one through a queue and a task of its own, which costs
+    the event loop a switch per token)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = Headers(scope=scope).get("x-request-id") or uuid.uuid4().hex[:16]
+
+        async def send_observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                elapsed = time.perf_counter() - start
+                method, status = scope["method"], message["status"]
+                path = getattr(scope.get("route"), "path", "unmatched")  # the route's template, set by the router
+                metrics.REQUESTS.labels(method, path, str(status)).inc()
+                metrics.LATENCY.labels(method, path).observe(elapsed)
+                MutableHeaders(scope=message)["x-request-id"] = request_id
+                url_path = scope.get("root_path", "") + scope["path"]
+                log.info("%s %s %s", method, url_path, status,
+                         extra={"request_id": request_id, "method": method, "path": url_path, "status": status,
+                                "duration_ms": round(elapsed * 1000, 1)})
+            await send(message)
+
+        await self.app(scope, receive, send_observed)
 
 
 def create_app() -> FastAPI:
@@ -45,21 +80,7 @@ def create_app() -> FastAPI:
                   description="Fine-tune and serve your own chat models behind an OpenAI-compatible API.")
     errors.install(app)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        start = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        elapsed = time.perf_counter() - start
-        metrics.REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        metrics.LATENCY.labels(request.method, path).observe(elapsed)
-        response.headers["x-request-id"] = request_id
-        log.info("%s %s %s", request.method, request.url.path, response.status_code,
-                 extra={"request_id": request_id, "method": request.method, "path": request.url.path,
-                        "status": response.status_code, "duration_ms": round(elapsed * 1000, 1)})
-        return response
+    app.add_middleware(Observe)
 
     app.include_router(health.router)
     app.include_router(models.router, responses=errors.ERROR_RESPONSES)

@@ -137,14 +137,24 @@ def usage_obj(prompt_tokens: int, completion_tokens: int, cached_tokens: int) ->
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
 
 
+async def serving_target(request: Request, session, project, model: str):
+    """The engine target for `model`, found off the event loop (it reads the database and may fetch an
+    adapter from the object store: a blocking call here would stall every stream the loop serves), and the
+    request's database session closed, so no connection is held while generating."""
+    def find():
+        try:
+            return hub(request).target(visible_model(session, project, model))
+        finally:
+            session.close()
+
+    return await asyncio.to_thread(find)
+
+
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, session: SessionDep,
                            project: ProjectDep):
     _check(body)
-    row = visible_model(session, project, body.model)
-    # off the event loop: it reads the database and may fetch an adapter from the object store
-    target = await asyncio.to_thread(hub(request).target, row)
-    session.close()  # do not hold a connection while streaming
+    target = await serving_target(request, session, project, body.model)
     try:
         messages = [m.to_chat() for m in body.messages]
     except ValueError as e:
@@ -250,10 +260,7 @@ async def completions(body: CompletionRequest, request: Request, session: Sessio
     prompt = body.prompt if isinstance(body.prompt, str) else (body.prompt[0] if len(body.prompt) == 1 else None)
     if prompt is None:
         raise BadRequest("prompt must be one string (batched prompts are not supported)", param="prompt")
-    row = visible_model(session, project, body.model)
-    # off the event loop: it reads the database and may fetch an adapter from the object store
-    target = await asyncio.to_thread(hub(request).target, row)
-    session.close()
+    target = await serving_target(request, session, project, body.model)
     from ml.serve import ServeError
 
     engine = await asyncio.to_thread(hub(request).engine_for, target)

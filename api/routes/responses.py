@@ -20,6 +20,7 @@ from api.services import responses as svc
 from api.services.completion import ChatDelta
 from api.services.models import visible_model
 from api.services.serving import ServingHub
+from chatforge.db.models import Model
 from chatforge.db.session import session_factory
 from chatforge.storage import get_storage
 
@@ -88,12 +89,20 @@ async def create_response(body: svc.ResponseCreateRequest, request: Request, ses
     tools = svc.chat_tools(body.tools)
     tool_choice = svc.chat_tool_choice(body.tool_choice)
     input_items = svc.normalize_input(body.input)
-    context = svc.prior_context(session, project, body.previous_response_id) + input_items
-    messages = svc.chat_messages(body.instructions, context)
-    row = visible_model(session, project, body.model)
+
+    def read() -> tuple[list, Model]:  # off the event loop: database reads block
+        try:
+            prior = svc.prior_context(session, project, body.previous_response_id)
+            found = visible_model(session, project, body.model)
+            session.commit()
+            return prior, found
+        finally:
+            session.close()  # do not hold a connection while generating
+
     project_id = project.id
-    session.commit()
-    session.close()  # do not hold a connection while generating
+    prior, row = await asyncio.to_thread(read)
+    context = prior + input_items
+    messages = svc.chat_messages(body.instructions, context)
 
     gen = await svc.generate(_hub(request), row, messages, tools=tools, tool_choice=tool_choice,
                          response_format=svc.chat_response_format(fmt), max_tokens=body.max_output_tokens,

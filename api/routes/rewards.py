@@ -18,6 +18,7 @@ from api.errors import BadRequest
 from api.services.models import visible_model
 from api.services.serving import is_reward_model
 from chatforge.basemodels import model_dir
+from chatforge.db.models import Model
 from chatforge.storage import get_storage
 
 router = APIRouter(prefix="/v1", tags=["rewards"])
@@ -60,17 +61,22 @@ def _score(model_id: str, path: str, conversations: list[list[dict]]) -> list[fl
 
 @router.post("/rewards")
 async def rewards(body: RewardRequest, request: Request, session: SessionDep, project: ProjectDep) -> dict:
-    row = visible_model(session, project, body.model)
-    if not is_reward_model(row):  # a reward model or one of its checkpoints
-        raise BadRequest(f"{body.model} is not a reward model (it is a {row.kind} model)", param="model",
-                         code="not_a_reward_model")
+    def find() -> tuple[Model, str]:  # off the event loop: a database read, maybe a fetch from the object store
+        try:
+            found = visible_model(session, project, body.model)
+            if not is_reward_model(found):  # a reward model or one of its checkpoints
+                raise BadRequest(f"{body.model} is not a reward model (it is a {found.kind} model)", param="model",
+                                 code="not_a_reward_model")
+            return found, str(model_dir(get_storage(), found))
+        finally:
+            session.close()
+
+    row, path = await asyncio.to_thread(find)
     for i, item in enumerate(body.items):
         last = item.messages[-1]
         if last.get("role") != "assistant" or not isinstance(last.get("content"), str):
             raise BadRequest(f"items[{i}].messages must end with an assistant message (the reply to score)",
                              param=f"items[{i}].messages")
-    path = str(model_dir(get_storage(), row))
-    session.close()
     scores = await asyncio.to_thread(_score, row.id, path, [it.messages for it in body.items])
     return {"object": "list", "model": row.id,
             "data": [{"object": "reward", "index": i, "score": s} for i, s in enumerate(scores)]}
