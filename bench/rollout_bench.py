@@ -2,8 +2,10 @@
 generate, same policy object (SmolLM2-135M-Instruct + a LoRA adapter on every linear layer, float32 as a
 PPO job loads it), same prompts, same threads, alternating rounds; each row reports its fastest round.
 
-Both sample with temperature 1.0 and stop a row at its end-of-turn token, so rows end at different
-lengths: the figure is response tokens (up to and including the end token) per second.
+Three samplers: generate; the engine decoder calling PEFT's LoRA layers as they are (live); the engine decoder
+over a snapshot of the policy with each LoRA update merged into its fused, prepacked projection (what PPO,
+GRPO and RLOO run: the merge is redone per call and its time is counted). All sample with temperature 1.0
+and stop a row at its end-of-turn token, so rows end at different lengths: the figure is response tokens (up to and including the end token) per second.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/rollout_bench.py [--prompts 8] [--tokens 64]
 """
@@ -30,6 +32,7 @@ from ml.records import Message
 from ml.rl.config import SamplingSettings
 from ml.rl.ppo_policy import ActorCritic
 from ml.rl.rollout import eos_token_ids, pad_prompts, response_mask
+from ml.serve.batch_sample import sample_batch
 from tests.support.models import smollm2_dir
 
 
@@ -54,16 +57,24 @@ def main() -> None:
                                      max_new_tokens=args.tokens, pad_token_id=tok.pad_token_id,
                                      eos_token_id=eos, use_cache=True)
 
-    def engine():
+    def engine():  # what PPO runs: a merged snapshot of the policy per call (merge time included)
         return model.generate(ids, mask, sampling, tok.pad_token_id, eos)
 
-    runs: dict[str, list[tuple[float, int]]] = {"generate": [], "engine": []}
+    prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+
+    def live():  # the engine decoder calling PEFT's LoRA layers as they are (no snapshot)
+        runner = model._sampler.runner(ids.shape[1] + args.tokens)
+        out = sample_batch(runner, prompts, max_new_tokens=args.tokens, eos_ids=eos, pad_id=tok.pad_token_id)
+        return torch.cat([ids, out], dim=1)
+
+    samplers = [("generate", hf), ("engine", engine), ("live", live)]  # engine first: it builds model._sampler
+    runs: dict[str, list[tuple[float, int]]] = {name: [] for name, _ in samplers}
     with torch.no_grad():
-        for fn in (hf, engine):  # warm-up
+        for _, fn in samplers:  # warm-up
             fn()
+        assert model._sampler.merged, "the engine sampled the live layers, not a merged snapshot"
         for r in range(args.repeat):
-            for name, fn in ((("generate", hf), ("engine", engine)) if r % 2 == 0
-                             else (("engine", engine), ("generate", hf))):
+            for name, fn in (samplers if r % 2 == 0 else samplers[::-1]):
                 torch.manual_seed(r)
                 t = time.perf_counter()
                 out = fn()
@@ -76,7 +87,9 @@ def main() -> None:
     print("|---|---|---|---|---|")
     best = {k: max(v, key=lambda x: x[1] / x[0]) for k, v in runs.items()}
     ref = best["generate"][1] / best["generate"][0]
-    for name, label in (("generate", "transformers `generate`"), ("engine", "engine decoder (`sample_batch`)")):
+    for name, label in (("generate", "transformers `generate`"),
+                        ("live", "engine decoder over PEFT's LoRA layers (`DecoderRunner(live=True)`)"),
+                        ("engine", "engine decoder over a merged snapshot per call (what PPO/GRPO/RLOO run)")):
         wall, n = best[name]
         print(f"| {label} | {wall:.2f} | {n} | {n / wall:.1f} | {n / wall / ref:.2f}x |")
 

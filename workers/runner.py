@@ -217,17 +217,6 @@ def _job_waiting() -> bool:
 PREPARE_MEMORY_FRACTION = 1 / 16
 
 
-def _available_memory() -> int:
-    """Bytes the kernel could hand out now without swapping (MemAvailable: free plus reclaimable cache)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def _prepare_while_idle() -> None:
     """While no job is waiting, compute the default base model's replay set (retain_base) so that the first
     default LoRA job on it reads it from the cache instead of spending seconds on it. Gives way as soon as a job
@@ -235,6 +224,7 @@ def _prepare_while_idle() -> None:
     from chatforge.basemodels import model_dir
     from chatforge.db.models import Model
     from chatforge.malloc import trim
+    from ml.memory import available_bytes
     from ml.train.retain import prepare_retain_set
 
     settings = get_settings()
@@ -248,7 +238,7 @@ def _prepare_while_idle() -> None:
                 return
             folder = model_dir(get_storage(), row)
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-        available = _available_memory()
+        available = available_bytes("cpu")
         if size > available * PREPARE_MEMORY_FRACTION:
             log.info("not preparing the replay set of %s ahead: %d MB of weights against %d MB free", name,
                      size >> 20, available >> 20)

@@ -4,16 +4,21 @@ Owns one static batch from prompt to last token: a single prefill forward over t
 prompts, then one decode step per new token for every row, sampled with temperature, top-k and top-p as
 transformers' warpers apply them, until every row has produced an end token or the length limit. It runs
 on a DecoderRunner built with live=True over the model being trained, so each call samples the current
-weights. It does not score, batch requests over time, or stream (engine.py does that for serving).
+weights; for a float32 LoRA policy each call first merges a snapshot of them (merged_snapshot), which
+decodes about 1.4x faster than calling PEFT's layers. It does not score, batch requests over time, or
+stream (engine.py does that for serving).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 
-from ml.serve.decoder import DecoderRunner, UnsupportedModel
+from ml.memory import available_bytes
+from ml.serve.decoder import DecoderRunner, UnsupportedModel, _Proj, prepack
 
 
 def warp(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -86,6 +91,81 @@ def sample_batch(
     return torch.stack(out, dim=1)
 
 
+def _merged_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight, bias) of a linear layer as it computes now: a plain Linear's own, or a PEFT LoRA layer's base
+    weight plus scale * B @ A of its active adapters (a new tensor). None where that is not a plain
+    float32 weight plus low-rank updates (a quantised base, DoRA, an adapter kind other than LoRA)."""
+    if type(module) is torch.nn.Linear:
+        return module.weight.detach(), None if module.bias is None else module.bias.detach()
+    base = getattr(module, "base_layer", None)
+    if type(base) is not torch.nn.Linear or not hasattr(module, "lora_A"):
+        return None
+    weight = base.weight.detach()
+    bias = None if base.bias is None else base.bias.detach()
+    if module.disable_adapters or module.merged:  # the base layer already computes what the module does
+        return weight, bias
+    merged = weight.clone()
+    for name in module.active_adapters:
+        if name not in module.lora_A:
+            continue
+        if module.use_dora.get(name) or getattr(module, "lora_variant", {}).get(name) is not None:
+            return None
+        a, b = module.lora_A[name].weight.detach(), module.lora_B[name].weight.detach()
+        if module.fan_in_fan_out:
+            merged += module.get_delta_weight(name).detach()
+        else:
+            merged.addmm_(b, a, alpha=module.scaling[name])
+    return merged, bias
+
+
+def merged_snapshot(live: DecoderRunner) -> DecoderRunner | None:
+    """A runner over a snapshot of a live float32 model's weights as they are now: each fused projection
+    group (q/k/v, o, gate/up, down) one weight with its LoRA update merged in (W + scale * B @ A), packed for
+    oneDNN on a CPU. Decoding reads 4 prepacked matrices per layer instead of 7 base matmuls plus 14 LoRA
+    matmuls through PEFT's Python layers: measured 55 -> 39 ms per step at 8 rows (SmolLM2 + r=16 LoRA on
+    every linear layer, 2 threads), for about 0.23 s of merging per call.
+
+    Only for float32 models: merging into 16-bit weights would round away updates smaller than the base
+    weight's last bit (a young adapter's whole update). Numerics differ from PEFT's in the last bits (one
+    matmul over W + BA instead of two added): right for sampling, not for bit-exact comparison, which the
+    live runner keeps. The copy is dropped with the returned runner; None (the caller samples the live
+    runner) where a layer is not plain-linear-plus-LoRA or the copy would take over a quarter of the
+    device's free memory."""
+    if live.dtype != torch.float32:
+        return None
+    groups = ("qkv", "o", "gate_up", "down")
+    modules = [[getattr(layer, g).modules for g in groups] for layer in live.layers]
+    if any(mods is None for layer in modules for mods in layer):  # a live runner keeps the modules
+        return None
+    base = [
+        m.get_base_layer() if hasattr(m, "get_base_layer") else m
+        for layer in modules
+        for ms in layer
+        for m in ms
+    ]
+    if 4 * sum(m.weight.numel() for m in base) > available_bytes(live.device) // 4:
+        return None
+    layers = []
+    for layer, layer_modules in zip(live.layers, modules):
+        fused = {}
+        for g, mods in zip(groups, layer_modules):
+            parts = [_merged_weight(m) for m in mods]
+            if any(part is None for part in parts):
+                return None
+            weight = torch.cat([w for w, _ in parts]) if len(parts) > 1 else parts[0][0]
+            bias = None
+            if any(b is not None for _, b in parts):
+                bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in parts])
+            fused[g] = _Proj.of_weight(weight, bias, [w.shape[0] for w, _ in parts])
+        layers.append(dataclasses.replace(layer, **fused))
+    snap = copy.copy(live)
+    snap.layers = layers
+    head = _merged_weight(live.lm_head)
+    if head is not None and head[1] is None:
+        snap.head_packed = prepack(head[0], exact=False)
+    return snap
+
+
 class LiveSampler:
     """Samples a model that is being trained (RL rollouts): a DecoderRunner(live=True) over it, built on
     first use and rebuilt only when a longer rotary table is needed. A PEFT model is read through its
@@ -97,6 +177,7 @@ class LiveSampler:
         self._runner: DecoderRunner | None = None
         self._positions = 0
         self.available = True
+        self.merged: bool | None = None  # whether the last call sampled a merged snapshot (None: no call yet)
 
     def runner(self, positions: int) -> DecoderRunner | None:
         if not self.available:
@@ -116,4 +197,6 @@ class LiveSampler:
         runner = self.runner(max(len(p) for p in prompts) + max_new_tokens)
         if runner is None:
             return None
-        return sample_batch(runner, prompts, max_new_tokens=max_new_tokens, **kw)
+        snapshot = merged_snapshot(runner)
+        self.merged = snapshot is not None
+        return sample_batch(snapshot or runner, prompts, max_new_tokens=max_new_tokens, **kw)

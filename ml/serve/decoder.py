@@ -33,23 +33,25 @@ class UnsupportedModel(ValueError):
     pass
 
 
-def prepack(weight: torch.Tensor) -> torch.Tensor | None:
-    """oneDNN's blocked copy of a 16-bit CPU weight, or None where it does not apply.
+def prepack(weight: torch.Tensor, exact: bool = True) -> torch.Tensor | None:
+    """oneDNN's blocked copy of a CPU weight, or None where it does not apply.
 
-    A plain bf16 linear at decode sizes (a few rows against a weight matrix) reorders the weight on
-    every call and reads memory at about half the speed the prepacked layout allows (measured on this
-    model's shapes: 23 -> 34 GB/s at 8 rows, 2x on the vocabulary projection). It is used only where a
-    probe gives the same bits as F.linear, so the engine's numbers do not change; fp32 is left alone
-    (oneDNN's fp32 kernel rounds differently from the one transformers uses, and fp32 is the parity
-    reference)."""
-    if weight.device.type != "cpu" or weight.dtype not in (torch.bfloat16, torch.float16):
+    A plain linear at decode sizes (a few rows against a weight matrix) reorders the weight on every
+    call and reads memory at about half the speed the prepacked layout allows (measured on this model's
+    shapes: bf16 23 -> 34 GB/s at 8 rows, 2x on the vocabulary projection; fp32 about 2x too).
+    exact: pack only 16-bit weights, and only where a probe gives the same bits as F.linear, so the
+    engine's numbers do not change (fp32 is the parity reference, and oneDNN's fp32 kernel rounds the
+    last bits differently from the one transformers uses). exact=False also packs fp32 weights: for RL
+    rollouts, which sample and are never compared bit for bit (ml.serve.batch_sample)."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return None
-    if not torch.backends.mkldnn.is_available():
+    if weight.dtype not in (torch.bfloat16, torch.float16) and (exact or weight.dtype != torch.float32):
         return None
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
         probe = torch.randn(3, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight.dtype)
-        same = torch.equal(packed_linear(probe, packed, None), F.linear(probe, weight))
+        got, want = packed_linear(probe, packed, None), F.linear(probe, weight)
+        same = torch.equal(got, want) if exact else torch.allclose(got, want, rtol=1e-3, atol=1e-3)
     except (RuntimeError, AttributeError, NotImplementedError):
         return None
     return packed if same else None
@@ -93,6 +95,17 @@ class _Proj:
                 m.weight.data = w[offset : offset + m.out_features]
                 offset += m.out_features
             self.weight = w
+
+    @classmethod
+    def of_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, out_features: list[int]) -> _Proj:
+        """A fused projection over a weight the caller built (an RL rollout's merged snapshot): packed
+        for oneDNN where that applies, fp32 included (exact=False)."""
+        proj = cls.__new__(cls)
+        proj.out_features, proj.in_features = out_features, weight.shape[1]
+        proj.modules, proj.bias = None, bias
+        proj.packed = prepack(weight, exact=False)
+        proj.weight = weight if proj.packed is None else None
+        return proj
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
