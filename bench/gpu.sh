@@ -18,6 +18,9 @@ echo; echo "### GPU tests (pytest -m gpu)"
 echo; echo "### Serving: engine vs sequential HF generate, both on the GPU"
 "$PY" bench/serve_bench.py --device cuda --repeat 2 --tokens 128 || status=1
 
+echo; echo "### RL rollouts: PPO's policy sampled by the engine decoder vs generate, on the GPU"
+"$PY" bench/rollout_bench.py --repeat 2 || status=1
+
 echo; echo "### Training: run_supervised vs Trainer + peft (bf16), on the GPU"
 "$PY" bench/train_bench.py --examples 64 --threads 4 --skip-unpacked || status=1
 

@@ -51,6 +51,7 @@ def main() -> None:
     qs = (QUESTIONS * (args.prompts // len(QUESTIONS) + 1))[: args.prompts]
     ids, mask = pad_prompts([render_prompt(tok, [Message("user", q)]) for q in qs], tok.pad_token_id)
     eos = eos_token_ids(tok, model.policy)
+    ids, mask = ids.to(model.device), mask.to(model.device)  # a PPO job puts the policy on the GPU when there is one
 
     def hf():
         return model.policy.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0,
@@ -65,7 +66,7 @@ def main() -> None:
     def live():  # the engine decoder calling PEFT's LoRA layers as they are (no snapshot)
         runner = model._sampler.runner(ids.shape[1] + args.tokens)
         out = sample_batch(runner, prompts, max_new_tokens=args.tokens, eos_ids=eos, pad_id=tok.pad_token_id)
-        return torch.cat([ids, out], dim=1)
+        return torch.cat([ids, out.to(ids.device)], dim=1)
 
     samplers = [("generate", hf), ("engine", engine), ("live", live)]  # engine first: it builds model._sampler
     runs: dict[str, list[tuple[float, int]]] = {name: [] for name, _ in samplers}

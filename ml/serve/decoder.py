@@ -242,12 +242,14 @@ class DecoderRunner:
         nh, kvh, hd, g = self.num_heads, self.kv_heads, self.head_dim, self.groups_per_kv
         length = keys.shape[2]
         if t == 1 and self.dtype != torch.float32:
-            # Decode in 16-bit: keys @ q^T (M = L) runs far faster than q @ keys^T (M = g) on CPU.
-            qd = (q * self.scale).view(n, kvh, g, hd)
-            scores = torch.matmul(keys, qd.transpose(-1, -2))  # [n, kvh, L, g]
-            scores = scores.masked_fill(hide.view(n, 1, length, 1), float("-inf"))
-            probs = torch.softmax(scores, dim=2, dtype=torch.float32).to(self.dtype)
-            return torch.matmul(probs.transpose(-1, -2), values).view(n, 1, nh * hd)
+            # Decode in 16-bit: PyTorch's fused attention (what transformers runs by default) reads the
+            # cache views where they lie, grouped heads included, and accumulates in fp32; two matmuls
+            # copied every layer's keys and values out of the cache on every step (164 -> 106 us a layer
+            # at 8 rows, SmolLM2 on CPU).
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), keys, values, attn_mask=~hide[:, None], scale=self.scale, enable_gqa=g > 1
+            )
+            return out.transpose(1, 2).reshape(n, 1, nh * hd)
         qh = (q * self.scale).view(n, t, kvh, g, hd).permute(0, 2, 3, 1, 4).reshape(n, kvh, g * t, hd)
         scores = torch.matmul(qh, keys.transpose(-1, -2)).view(n, kvh, g, t, length)
         scores = scores.masked_fill(hide[:, None, None], float("-inf"))
