@@ -94,7 +94,7 @@ def sample_batch(
 def _merged_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(weight, bias) of a linear layer as it computes now: a plain Linear's own, or a PEFT LoRA layer's base
     weight plus scale * B @ A of its active adapters (a new tensor). None where that is not a plain
-    float32 weight plus low-rank updates (a quantised base, DoRA, an adapter kind other than LoRA)."""
+    float32 weight plus low-rank updates (a quantised base, DoRA, a LoRA bias, another adapter kind)."""
     if type(module) is torch.nn.Linear:
         return module.weight.detach(), None if module.bias is None else module.bias.detach()
     base = getattr(module, "base_layer", None)
@@ -108,12 +108,13 @@ def _merged_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor 
     for name in module.active_adapters:
         if name not in module.lora_A:
             continue
-        if module.use_dora.get(name) or getattr(module, "lora_variant", {}).get(name) is not None:
+        variant = getattr(module, "lora_variant", {}).get(name) is not None
+        if module.use_dora.get(name) or variant or getattr(module, "lora_bias", {}).get(name):
             return None
-        a, b = module.lora_A[name].weight.detach(), module.lora_B[name].weight.detach()
         if module.fan_in_fan_out:
             merged += module.get_delta_weight(name).detach()
         else:
+            b, a = module.lora_B[name].weight.detach(), module.lora_A[name].weight.detach()
             merged.addmm_(b, a, alpha=module.scaling[name])
     return merged, bias
 

@@ -145,6 +145,9 @@ def test_merged_snapshot_declines_what_it_cannot_merge_exactly(lively_model_path
     # DoRA's magnitude vector is not a low-rank sum
     dora = get_peft_model(load_causal_lm(lively_model_path), LoraConfig(r=4, target_modules="all-linear", use_dora=True))
     assert merged_snapshot(DecoderRunner(dora.get_base_model(), torch.float32, 32, live=True)) is None
+    # a LoRA bias on B is an update merging B @ A leaves out
+    biased = get_peft_model(load_causal_lm(lively_model_path), LoraConfig(r=4, target_modules="all-linear", lora_bias=True))
+    assert merged_snapshot(DecoderRunner(biased.get_base_model(), torch.float32, 32, live=True)) is None
 
     policy = _policy(lively_model_path)
     sampler = LiveSampler(policy)
