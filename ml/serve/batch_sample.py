@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from ml.memory import available_bytes
-from ml.serve.decoder import DecoderRunner, UnsupportedModel, _Proj, prepack
+from ml.serve.decoder import DecoderRunner, Projection, UnsupportedModel, prepack
 
 
 def warp(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -157,7 +157,7 @@ def merged_snapshot(live: DecoderRunner) -> DecoderRunner | None:
             bias = None
             if any(b is not None for _, b in parts):
                 bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in parts])
-            fused[g] = _Proj.of_weight(weight, bias, [w.shape[0] for w, _ in parts])
+            fused[g] = Projection.of_weight(weight, bias, [w.shape[0] for w, _ in parts])
         layers.append(dataclasses.replace(layer, **fused))
     snap = copy.copy(live)
     snap.layers = layers

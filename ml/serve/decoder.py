@@ -61,7 +61,7 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
 
 
-class _Proj:
+class Projection:
     """Several linear layers on the same input, run as one matmul when their weights are plain
     tensors (prepacked for oneDNN on a 16-bit CPU model); quantised (bitsandbytes) modules are called
     one by one."""
@@ -97,7 +97,7 @@ class _Proj:
             self.weight = w
 
     @classmethod
-    def of_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, out_features: list[int]) -> _Proj:
+    def of_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, out_features: list[int]) -> Projection:
         """A fused projection over a weight the caller built (an RL rollout's merged snapshot): packed
         for oneDNN where that applies, fp32 included (exact=False)."""
         proj = cls.__new__(cls)
@@ -120,10 +120,10 @@ class _Proj:
 class _Layer:
     ln1: torch.Tensor
     ln2: torch.Tensor
-    qkv: _Proj
-    o: _Proj
-    gate_up: _Proj
-    down: _Proj
+    qkv: Projection
+    o: Projection
+    gate_up: Projection
+    down: Projection
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
     act: torch.nn.Module
@@ -180,10 +180,10 @@ class DecoderRunner:
                 _Layer(
                     ln1=layer.input_layernorm.weight,
                     ln2=layer.post_attention_layernorm.weight,
-                    qkv=_Proj([at.q_proj, at.k_proj, at.v_proj], fuse=not live),
-                    o=_Proj([at.o_proj], fuse=not live),
-                    gate_up=_Proj([mlp.gate_proj, mlp.up_proj], fuse=not live),
-                    down=_Proj([mlp.down_proj], fuse=not live),
+                    qkv=Projection([at.q_proj, at.k_proj, at.v_proj], fuse=not live),
+                    o=Projection([at.o_proj], fuse=not live),
+                    gate_up=Projection([mlp.gate_proj, mlp.up_proj], fuse=not live),
+                    down=Projection([mlp.down_proj], fuse=not live),
                     q_norm=at.q_norm.weight if hasattr(at, "q_norm") else None,
                     k_norm=at.k_norm.weight if hasattr(at, "k_norm") else None,
                     act=mlp.act_fn,
