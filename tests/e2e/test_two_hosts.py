@@ -163,11 +163,15 @@ def test_killed_worker_resumes_on_a_fresh_host_from_the_store(hosts, client, rep
     assert job.status == "succeeded", job.error
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data]
     assert any("Resuming from the last checkpoint" in m for m in messages)
-    resumed_at = [e.data["step"] for e in reversed(client.fine_tuning.jobs.list_events(job.id, limit=1000).data)
-                  if e.type == "metrics"]
-    restart = next(i for i in range(1, len(resumed_at)) if resumed_at[i] <= resumed_at[i - 1])
-    # the fresh worker continued right after a checkpoint it pulled from the store, not from step 1
-    assert resumed_at[restart] > 1 and (resumed_at[restart] - 1) % 4 == 0, resumed_at
+    events = list(reversed(client.fine_tuning.jobs.list_events(job.id, limit=1000).data))  # oldest first
+    resumed = next(i for i, e in enumerate(events) if "Resuming from the last checkpoint" in e.message)
+    after = [e.data["step"] for e in events[resumed:] if e.type == "metrics"]
+    # the fresh worker continued right after a checkpoint it pulled from the store (8 or a later one, if the kill
+    # landed after the next was published), not from step 1, and went on step by step to the end
+    assert after and after[0] > 8 and (after[0] - 1) % 4 == 0, after
+    assert after == list(range(after[0], 25)), after
+    before = {e.data["step"] for e in events[:resumed] if e.type == "metrics"}
+    assert set(range(1, after[0])) <= before, sorted(before)
     store = _store_keys(s3env, f"jobs/{job.id}/")
     assert f"jobs/{job.id}/model/.chatforge-manifest.json" in store
     published = {k.split("/")[3] for k in store if "/checkpoints/" in k}
