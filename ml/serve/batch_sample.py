@@ -153,11 +153,7 @@ def merged_snapshot(live: DecoderRunner) -> DecoderRunner | None:
             parts = [_merged_weight(m) for m in mods]
             if any(part is None for part in parts):
                 return None
-            weight = torch.cat([w for w, _ in parts]) if len(parts) > 1 else parts[0][0]
-            bias = None
-            if any(b is not None for _, b in parts):
-                bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in parts])
-            fused[g] = Projection.of_weight(weight, bias, [w.shape[0] for w, _ in parts])
+            fused[g] = Projection.of_parts(parts)
         layers.append(dataclasses.replace(layer, **fused))
     snap = copy.copy(live)
     snap.layers = layers

@@ -61,6 +61,15 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
 
 
+def _fused_bias(
+    biases: list[torch.Tensor | None], sizes: list[int], like: torch.Tensor
+) -> torch.Tensor | None:
+    """The biases of fused parts side by side (zeros for a part without one); None when no part has one."""
+    if all(b is None for b in biases):
+        return None
+    return torch.cat([b if b is not None else like.new_zeros(n) for b, n in zip(biases, sizes)])
+
+
 class Projection:
     """Several linear layers on the same input, run as one matmul when their weights are plain
     tensors (prepacked for oneDNN on a 16-bit CPU model); quantised (bitsandbytes) modules are called
@@ -74,15 +83,9 @@ class Projection:
         self.weight = self.bias = self.packed = None
         if plain:
             w = torch.cat([m.weight.data for m in modules], dim=0).contiguous()
-            if any(m.bias is not None for m in modules):
-                self.bias = torch.cat(
-                    [
-                        m.bias.data
-                        if m.bias is not None
-                        else torch.zeros(m.out_features, dtype=w.dtype, device=w.device)
-                        for m in modules
-                    ]
-                )
+            self.bias = _fused_bias(
+                [None if m.bias is None else m.bias.data for m in modules], self.out_features, w
+            )
             self.packed = prepack(w)
             if self.packed is not None:
                 # The engine reads only the packed copy; the model's own modules keep an empty weight
@@ -97,12 +100,13 @@ class Projection:
             self.weight = w
 
     @classmethod
-    def of_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, out_features: list[int]) -> Projection:
-        """A fused projection over a weight the caller built (an RL rollout's merged snapshot): packed
-        for oneDNN where that applies, fp32 included (exact=False)."""
+    def of_parts(cls, parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> Projection:
+        """One projection over (weight, bias) parts the caller built (an RL rollout's merged snapshot),
+        fused in order and packed for oneDNN where that applies, fp32 included (exact=False)."""
         proj = cls.__new__(cls)
-        proj.out_features, proj.in_features = out_features, weight.shape[1]
-        proj.modules, proj.bias = None, bias
+        weight = torch.cat([w for w, _ in parts]) if len(parts) > 1 else parts[0][0]
+        proj.out_features, proj.in_features = [w.shape[0] for w, _ in parts], weight.shape[1]
+        proj.modules, proj.bias = None, _fused_bias([b for _, b in parts], proj.out_features, weight)
         proj.packed = prepack(weight, exact=False)
         proj.weight = weight if proj.packed is None else None
         return proj

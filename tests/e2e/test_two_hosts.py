@@ -161,9 +161,9 @@ def test_killed_worker_resumes_on_a_fresh_host_from_the_store(hosts, client, rep
 
     job = wait_status(client, job.id, TERMINAL, timeout=400)
     assert job.status == "succeeded", job.error
-    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data]
-    assert any("Resuming from the last checkpoint" in m for m in messages)
     events = list(reversed(client.fine_tuning.jobs.list_events(job.id, limit=1000).data))  # oldest first
+    messages = [e.message for e in events]
+    assert any("Resuming from the last checkpoint" in m for m in messages)
     resumed = next(i for i, e in enumerate(events) if "Resuming from the last checkpoint" in e.message)
     after = [e.data["step"] for e in events[resumed:] if e.type == "metrics"]
     # the fresh worker continued right after a checkpoint it pulled from the store (8 or a later one, if the kill
